@@ -1,0 +1,3 @@
+from catalogclip.cli import main
+
+main()

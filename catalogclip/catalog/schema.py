@@ -1,0 +1,216 @@
+"""The canonical catalog: products with images, attributes and a category path.
+
+On disk a catalog is JSON Lines, one product per line; image paths are relative to the
+file's folder (absolute paths are kept as they are)::
+
+    {"id": "p1", "title": "Puma Men Black Running Shoes", "description": "", "images": [{"path": "images/p1.jpg", "source": "merchant"}], "attributes": {"brand": "Puma", "colour": "Black"}, "category_path": ["Footwear", "Shoes", "Sports Shoes"]}
+
+`images` may also be a list of plain path strings. A `bbox` on an image is the product's box
+in pixels, ``[x0, y0, x1, y1]``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from catalogclip.catalog.problems import ProblemLog
+
+IMAGE_SOURCES = ("merchant", "customer", "ad", "video", "other")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    path: str
+    source: str = "merchant"
+    bbox: tuple[float, float, float, float] | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {"path": self.path, "source": self.source}
+        if self.bbox is not None:
+            out["bbox"] = [round(float(v), 2) for v in self.bbox]
+        return out
+
+
+@dataclass
+class Product:
+    id: str
+    title: str
+    description: str = ""
+    images: list[ImageRef] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+    category_path: list[str] = field(default_factory=list)
+
+    def category(self, depth: int | None = None, sep: str = " > ") -> str:
+        """The category path as text, cut to `depth` levels (None: the whole path)."""
+        path = self.category_path if depth is None else self.category_path[:depth]
+        return sep.join(path)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "images": [im.to_json() for im in self.images],
+            "attributes": dict(self.attributes),
+            "category_path": list(self.category_path),
+        }
+
+
+@dataclass
+class Catalog:
+    """Products plus the folder their relative image paths start from."""
+
+    products: list[Product]
+    root: Path = field(default_factory=Path)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self._by_id: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def __iter__(self) -> Iterator[Product]:
+        return iter(self.products)
+
+    def __getitem__(self, product_id: str) -> Product:
+        return self.products[self.index_of(product_id)]
+
+    def index_of(self, product_id: str) -> int:
+        if self._by_id is None:
+            self._by_id = {p.id: i for i, p in enumerate(self.products)}
+        return self._by_id[product_id]
+
+    def subset(self, product_ids: Iterable[str]) -> "Catalog":
+        return Catalog([self[pid] for pid in product_ids], self.root)
+
+    def image_path(self, image: ImageRef) -> Path:
+        path = Path(image.path)
+        return path if path.is_absolute() else self.root / path
+
+    def iter_images(self) -> Iterator[tuple[int, ImageRef]]:
+        """(product index, image) for every image of every product."""
+        for i, product in enumerate(self.products):
+            for image in product.images:
+                yield i, image
+
+    def attribute_groups(self) -> list[str]:
+        groups: dict[str, None] = {}
+        for product in self.products:
+            groups.update(dict.fromkeys(product.attributes))
+        return list(groups)
+
+
+class RowError(ValueError):
+    """A catalog row that cannot become a product; the message names the field."""
+
+
+def _as_str(value, field_name: str, *, allow_empty: bool = False) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise RowError(f"field '{field_name}' must be a string, got {type(value).__name__}")
+    value = str(value).strip()
+    if not value and not allow_empty:
+        raise RowError(f"field '{field_name}' is empty")
+    return value
+
+
+def _parse_image(raw, index: int) -> ImageRef:
+    where = f"images[{index}]"
+    if isinstance(raw, str):
+        return ImageRef(_as_str(raw, where))
+    if not isinstance(raw, dict):
+        raise RowError(f"field '{where}' must be a path or an object")
+    source = _as_str(raw.get("source") or "merchant", f"{where}.source")
+    bbox = raw.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise RowError(f"field '{where}.bbox' must be [x0, y0, x1, y1]")
+        if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+            raise RowError(f"field '{where}.bbox' has x1 <= x0 or y1 <= y0")
+        bbox = tuple(float(v) for v in bbox)
+    return ImageRef(_as_str(raw.get("path"), f"{where}.path"), source, bbox)
+
+
+def product_from_json(raw) -> Product:
+    """Validate one decoded JSON object; raises RowError naming the bad field."""
+    if not isinstance(raw, dict):
+        raise RowError(f"a product must be a JSON object, got {type(raw).__name__}")
+    images = raw.get("images")
+    if not isinstance(images, list) or not images:
+        raise RowError("field 'images' must be a non-empty list")
+    attributes = raw.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise RowError("field 'attributes' must be an object")
+    category = raw.get("category_path") or []
+    if not isinstance(category, list):
+        raise RowError("field 'category_path' must be a list")
+    return Product(
+        id=_as_str(raw.get("id"), "id"),
+        title=_as_str(raw.get("title"), "title"),
+        description=_as_str(raw.get("description"), "description", allow_empty=True),
+        images=[_parse_image(im, i) for i, im in enumerate(images)],
+        attributes={
+            _as_str(k, "attributes key"): _as_str(v, f"attributes.{k}")
+            for k, v in attributes.items()
+            if v not in (None, "")
+        },
+        category_path=[_as_str(c, f"category_path[{i}]") for i, c in enumerate(category)],
+    )
+
+
+def read_jsonl(path: str | Path, problems: ProblemLog | None = None) -> Catalog:
+    """Load a canonical catalog; bad rows and duplicate ids are logged and skipped.
+
+    Images are not opened (nor stat-ed): loading stays fast on large catalogs.
+    """
+    path = Path(path)
+    problems = problems if problems is not None else ProblemLog()
+    products: list[Product] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                product = product_from_json(json.loads(line))
+            except json.JSONDecodeError as exc:
+                problems.add("malformed row", path, line_no, f"invalid JSON: {exc.msg}")
+                continue
+            except RowError as exc:
+                problems.add("malformed row", path, line_no, str(exc))
+                continue
+            if product.id in seen:
+                problems.add("duplicate id", path, line_no, f"id '{product.id}' already seen")
+                continue
+            seen.add(product.id)
+            products.append(product)
+    problems.loaded += len(products)
+    return Catalog(products, path.parent)
+
+
+def write_jsonl(catalog: Catalog, path: str | Path) -> Path:
+    """Write a catalog atomically; image paths are made relative to the new file's folder."""
+    from catalogclip.io import atomic_write_text
+
+    path = Path(path)
+    out_root = path.parent.resolve()
+    lines = []
+    for product in catalog.products:
+        row = product.to_json()
+        for im_row, image in zip(row["images"], product.images):
+            im_row["path"] = _relative_path(catalog.image_path(image), out_root)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+def _relative_path(path: Path, root: Path) -> str:
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError:
+        return str(resolved)

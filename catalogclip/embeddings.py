@@ -1,0 +1,69 @@
+"""Embeddings of a catalog made by a trained run: the hand-off between `embed`, `evaluate` and `index`.
+
+A folder holds ``embeddings.npz`` with L2-normalised float32 matrices and their row keys:
+
+- ``image``  (n_images, d): one row per image; ``image_product`` (product id of each row),
+  ``image_source`` (merchant / customer / ...), ``image_path``.
+- ``text``   (n_products, d): the text side of each product (what a T2I query looks like);
+  ``text_product`` (product id of each row).
+- ``category`` (n_categories, d), optional: ``category_path`` (" > "-joined path of each row).
+
+and ``meta.json``: the run, backbone and method that made them, and the embedding dimension.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from catalogclip.io import atomic_path, atomic_write_json
+
+
+@dataclass
+class Embeddings:
+    image: np.ndarray
+    image_product: np.ndarray
+    image_source: np.ndarray
+    image_path: np.ndarray
+    text: np.ndarray
+    text_product: np.ndarray
+    category: np.ndarray | None = None
+    category_path: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.image.shape[1])
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        arrays = {
+            "image": self.image.astype(np.float32),
+            "image_product": self.image_product.astype(str),
+            "image_source": self.image_source.astype(str),
+            "image_path": self.image_path.astype(str),
+            "text": self.text.astype(np.float32),
+            "text_product": self.text_product.astype(str),
+        }
+        if self.category is not None:
+            arrays["category"] = self.category.astype(np.float32)
+            arrays["category_path"] = np.asarray(self.category_path).astype(str)
+        with atomic_path(folder / "embeddings.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        atomic_write_json(folder / "meta.json", {**self.meta, "dim": self.dim})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Embeddings":
+        folder = Path(folder)
+        path = folder / "embeddings.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no embeddings here (make them with `catalogclip embed`)")
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta_path = folder / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return cls(meta=meta, **arrays)

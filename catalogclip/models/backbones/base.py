@@ -1,0 +1,120 @@
+"""What every backbone offers: image and text towers mapped into one `embed_dim` space.
+
+A tower's pooled output ("features") is split from its projection so that a frozen tower's
+features can be computed once and cached on disk (train/featcache.py); `image_tokens` gives
+the spatial tokens (ViT patch tokens or a CNN feature map) that the ECLIP instance decoder reads.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import nn
+
+from catalogclip.registry import Registry
+
+
+@dataclass
+class BackboneConfig:
+    """How to build a backbone. `spec` is the registered name plus options after ':'
+    (e.g. ``twotower``, ``tiny``, ``openclip:ViT-B-32:/path/to/ckpt.pt``)."""
+
+    spec: str = "twotower"
+    embed_dim: int = 256
+    freeze_image: bool = True
+    freeze_text: bool = True
+    augment: bool = False  # train-time image augmentation
+    image_size: int | None = None  # None: the backbone's native resolution
+    extra: dict = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """Base class; subclasses set the towers and implement the four feature hooks."""
+
+    #: registered name, set by the registry decorator's user
+    name: str = "backbone"
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.embed_dim
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    def image_transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        raise NotImplementedError
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, F_img) pooled tower output."""
+        raise NotImplementedError
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, C_tok) spatial tokens, row-major over the (h, w) grid."""
+        raise NotImplementedError
+
+    def token_grid(self) -> tuple[int, int]:
+        """(h, w) of the token grid `image_tokens` returns, for mapping tokens back to pixels."""
+        raise NotImplementedError
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Raw strings -> (B, F_txt) pooled text tower output."""
+        raise NotImplementedError
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    #: dimension of `image_tokens`' last axis
+    token_dim: int = 0
+
+    # --- derived --------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project_image(self.image_features(images))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.project_text(self.text_features(texts))
+
+    @property
+    def init_logit_scale(self) -> float:
+        """log(1/temperature) to start a contrastive loss from (CLIP's 1/0.07)."""
+        return math.log(1 / 0.07)
+
+    @property
+    def feature_id(self) -> str:
+        """Identifies tower weights + preprocessing: the key prefix of cached features."""
+        size = self.config.image_size or "native"
+        return f"{self.config.spec}|size={size}"
+
+    @property
+    def image_tower_frozen(self) -> bool:
+        return self.config.freeze_image
+
+    @property
+    def text_tower_frozen(self) -> bool:
+        return self.config.freeze_text
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+BACKBONES: Registry[Callable[[BackboneConfig], Backbone]] = Registry("backbone")
+
+
+def build_backbone(config: BackboneConfig | str) -> Backbone:
+    """Build a backbone from its config (or a bare spec string)."""
+    if isinstance(config, str):
+        config = BackboneConfig(spec=config)
+    from catalogclip.models import backbones  # noqa: F401  registers the built-in backbones
+
+    name = config.spec.split(":", 1)[0]
+    return BACKBONES.get(name)(config)
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
