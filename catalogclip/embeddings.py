@@ -15,10 +15,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from catalogclip.io import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from catalogclip.catalog.vocab import EntityVocabs
 
 
 @dataclass
@@ -67,3 +73,23 @@ class Embeddings:
         meta_path = folder / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         return cls(meta=meta, **arrays)
+
+
+class Encoder(Protocol):
+    """A trained model seen from search and evaluation: it turns queries into vectors.
+
+    `catalogclip.embed.RunEncoder(run_dir)` implements it for a trained run. All outputs are
+    L2-normalised float32 arrays of shape (n, dim).
+    """
+
+    #: identifies the run and config that made the vectors; an index refuses another model's queries
+    model_id: str
+    dim: int
+    #: entity vocabularies of an EI-CLIP run (for query understanding), else None
+    vocabs: "EntityVocabs | None"
+
+    def encode_texts(self, texts: list[str], entities: list[dict[str, str]] | None = None) -> np.ndarray: ...
+
+    def encode_images(self, images: list["Image.Image"]) -> np.ndarray: ...
+
+    def encode_categories(self, paths: list[str]) -> np.ndarray: ...

@@ -24,8 +24,8 @@ class BackboneConfig:
 
     spec: str = "twotower"
     embed_dim: int = 256
-    freeze_image: bool = True
-    freeze_text: bool = True
+    freeze_image: bool | None = None  # None: the backbone's default (pretrained towers frozen)
+    freeze_text: bool | None = None
     augment: bool = False  # train-time image augmentation
     image_size: int | None = None  # None: the backbone's native resolution
     extra: dict = field(default_factory=dict)
@@ -89,13 +89,19 @@ class Backbone(nn.Module):
         size = self.config.image_size or "native"
         return f"{self.config.spec}|size={size}"
 
+    #: defaults used when the config leaves freezing to the backbone
+    default_freeze_image: bool = False
+    default_freeze_text: bool = False
+
     @property
     def image_tower_frozen(self) -> bool:
-        return self.config.freeze_image
+        frozen = self.config.freeze_image
+        return self.default_freeze_image if frozen is None else frozen
 
     @property
     def text_tower_frozen(self) -> bool:
-        return self.config.freeze_text
+        frozen = self.config.freeze_text
+        return self.default_freeze_text if frozen is None else frozen
 
     @property
     def device(self) -> torch.device:
