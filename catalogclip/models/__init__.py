@@ -1,0 +1,1 @@
+"""Models: backbones, entity modules, instance decoder, category tower, methods registry."""

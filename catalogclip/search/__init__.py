@@ -1,0 +1,1 @@
+"""Search: index, query understanding, service, web page."""

@@ -1,0 +1,1 @@
+"""Training: configs, batches, feature cache, trainer, distributed helpers."""
