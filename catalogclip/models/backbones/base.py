@@ -71,6 +71,10 @@ class Backbone(nn.Module):
     #: dimension of `image_tokens`' last axis
     token_dim: int = 0
 
+    #: parameter-name prefixes (relative to the backbone) of freshly initialised parts such as the
+    #: projection heads: the trainer gives them the head learning rate, the pretrained rest the base rate
+    new_parameter_prefixes: tuple[str, ...] = ("image_proj", "text_proj")
+
     # --- derived --------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.project_image(self.image_features(images))
