@@ -162,6 +162,49 @@ def product_from_json(raw) -> Product:
     )
 
 
+Row = tuple[int | None, Product]
+"""A product with the line (or row) of the source it came from, for problem reports."""
+
+
+def products_from_rows(
+    rows: Iterable[tuple[int | None, object]], file: str | Path, problems: ProblemLog
+) -> Iterator[Row]:
+    """Validate decoded rows (see `product_from_json`); a bad row is logged and skipped."""
+    for line_no, raw in rows:
+        try:
+            yield line_no, product_from_json(raw)
+        except RowError as exc:
+            problems.add("malformed row", file, line_no, str(exc))
+
+
+def unique_products(rows: Iterable[Row], file: str | Path, problems: ProblemLog) -> Iterator[Row]:
+    """Drop (and log) products whose id was already seen; the first one wins."""
+    seen: set[str] = set()
+    for line_no, product in rows:
+        if product.id in seen:
+            problems.add("duplicate id", file, line_no, f"id '{product.id}' already seen")
+            continue
+        seen.add(product.id)
+        yield line_no, product
+
+
+def _json_rows(path: Path, problems: ProblemLog) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.add("malformed row", path, line_no, f"invalid JSON: {exc.msg}")
+
+
+def iter_jsonl(path: str | Path, problems: ProblemLog) -> Iterator[Row]:
+    """(line number, product) for every valid row; malformed rows are logged, ids not deduplicated."""
+    path = Path(path)
+    return products_from_rows(_json_rows(path, problems), path, problems)
+
+
 def read_jsonl(path: str | Path, problems: ProblemLog | None = None) -> Catalog:
     """Load a canonical catalog; bad rows and duplicate ids are logged and skipped.
 
@@ -169,25 +212,7 @@ def read_jsonl(path: str | Path, problems: ProblemLog | None = None) -> Catalog:
     """
     path = Path(path)
     problems = problems if problems is not None else ProblemLog()
-    products: list[Product] = []
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                product = product_from_json(json.loads(line))
-            except json.JSONDecodeError as exc:
-                problems.add("malformed row", path, line_no, f"invalid JSON: {exc.msg}")
-                continue
-            except RowError as exc:
-                problems.add("malformed row", path, line_no, str(exc))
-                continue
-            if product.id in seen:
-                problems.add("duplicate id", path, line_no, f"id '{product.id}' already seen")
-                continue
-            seen.add(product.id)
-            products.append(product)
+    products = [product for _, product in unique_products(iter_jsonl(path, problems), path, problems)]
     problems.loaded += len(products)
     return Catalog(products, path.parent)
 

@@ -1,0 +1,78 @@
+"""Image checks for catalog products: existence by stat, optionally a full decode."""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Product
+
+MISSING = "missing image"
+BROKEN = "broken image"
+
+
+def image_problem(path: Path, verify: bool = False) -> tuple[str, str] | None:
+    """(problem kind, reason) when the image at `path` is unusable, None when it looks fine.
+
+    Without `verify` only `stat` is called, so checking a large catalog stays cheap.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return MISSING, "no such file"
+    except OSError as exc:
+        return MISSING, exc.strerror or str(exc)
+    if not stat.S_ISREG(info.st_mode):
+        return BROKEN, "not a regular file"
+    if info.st_size == 0:
+        return BROKEN, "empty file"
+    if verify:
+        reason = _decode_error(path)
+        if reason is not None:
+            return BROKEN, reason
+    return None
+
+
+def _decode_error(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structural checks (PNG CRCs) that a decode does not make
+        with Image.open(path) as im:
+            im.load()  # JPEG's verify reads headers only: truncated data shows up when decoding
+    except Exception as exc:  # PIL plugins raise many exception types on corrupt data
+        return f"cannot decode: {exc}"
+    return None
+
+
+def keep_usable_images(
+    product: Product,
+    root: Path,
+    problems: ProblemLog,
+    file: str | Path,
+    line: int | None,
+    verify: bool = False,
+) -> Product | None:
+    """The product with its unusable images dropped (each one logged), or None when none is left."""
+    usable = []
+    dropped: list[tuple[str, str, str]] = []
+    for image in product.images:
+        path = Path(image.path)
+        problem = image_problem(path if path.is_absolute() else root / path, verify)
+        if problem is None:
+            usable.append(image)
+        else:
+            dropped.append((problem[0], image.path, problem[1]))
+    if not dropped:
+        return product
+    outcome = (
+        f"product '{product.id}' kept with {len(usable)} of {len(product.images)} images"
+        if usable
+        else f"product '{product.id}' skipped: no usable image"
+    )
+    for kind, image_path, reason in dropped:
+        problems.add(kind, file, line, f"{image_path}: {reason} ({outcome})")
+    return replace(product, images=usable) if usable else None

@@ -1,0 +1,47 @@
+"""Catalog readers: each turns a foreign layout into the canonical `Catalog`.
+
+    catalog = read_catalog("myntra", "/data/fashion-myntra", problems, ReaderOptions())
+
+A reader (registered by name in `READERS`) parses its format into products with the line they
+came from; `read_catalog` then applies what all formats share: duplicate ids are dropped,
+and images are checked (stat, optionally decoded), so a product left with no image is skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from catalogclip.catalog.images import keep_usable_images
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.readers.base import BRAND_STOP_WORDS, READERS, Reader, ReaderOptions, Source
+from catalogclip.catalog.schema import Catalog, unique_products
+
+# Importing the format modules registers them.
+from catalogclip.catalog.readers import fashiongen, flipkart, jsonl, myntra  # noqa: E402,F401
+
+
+def read_catalog(
+    fmt: str, src: str | Path, problems: ProblemLog | None = None, options: ReaderOptions | None = None
+) -> Catalog:
+    """Read `src` in format `fmt`; bad rows, duplicate ids and unusable images are logged in `problems`.
+
+    Raises KeyError for an unknown format, FileNotFoundError for a missing `src` and ValueError
+    for a file that is not of the format (e.g. a missing column), each naming the file.
+    """
+    reader = READERS.get(fmt)
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    problems = problems if problems is not None else ProblemLog()
+    options = options or ReaderOptions()
+    source = reader(src, problems, options)
+    products = []
+    for line, product in unique_products(source.rows, source.file, problems):
+        if options.check_images:
+            product = keep_usable_images(product, source.root, problems, source.file, line, options.verify_images)
+        if product is not None:
+            products.append(product)
+    problems.loaded += len(products)
+    return Catalog(products, source.root)
+
+
+__all__ = ["BRAND_STOP_WORDS", "READERS", "Reader", "ReaderOptions", "Source", "read_catalog"]
