@@ -1,0 +1,39 @@
+"""A training / embedding batch: what the data pipeline hands to a method."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Batch:
+    #: (B,) integer key of each row's product: rows with equal keys are positives of each other
+    product_keys: torch.Tensor
+    #: raw product texts (the method decides how a product becomes text; see Method.product_text)
+    texts: list[str]
+    #: (B, 3, H, W) preprocessed images, unless a frozen tower's cached outputs are given instead
+    images: torch.Tensor | None = None
+    #: (B, F) cached pooled image-tower output
+    image_features: torch.Tensor | None = None
+    #: (B, N, C) cached image-tower tokens
+    image_tokens: torch.Tensor | None = None
+    #: (B, F_txt) cached text-tower output of `texts`
+    text_features: torch.Tensor | None = None
+    #: (B, G) entity ids, one per attribute group
+    entity_ids: torch.Tensor | None = None
+    #: category path texts (CLIP-ITA samples one node of each product's path)
+    categories: list[str] | None = None
+    #: (B,) key of each row's sampled category node: rows with equal keys share the category
+    category_keys: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {
+            f.name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return Batch(**moved)

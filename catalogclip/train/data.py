@@ -1,0 +1,187 @@
+"""From a catalog to batches: one row per (image, product) pair.
+
+Frozen towers are run once: their image features (or tokens) come from the on-disk feature cache
+and their text features are computed once per distinct text, so CPU training only runs what learns.
+Unreadable images are skipped and counted, never fatal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Catalog
+from catalogclip.models.batch import Batch
+from catalogclip.models.methods import Method
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB (raises OSError/ValueError when it cannot be decoded)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def readable_images(paths: list[Path], problems: ProblemLog) -> list[bool]:
+    """Which images decode; the others are logged as missing or broken."""
+    ok = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            ok.append(True)
+        except FileNotFoundError:
+            problems.add("missing image", path, None, "file not found")
+            ok.append(False)
+        except (OSError, ValueError, SyntaxError) as exc:
+            problems.add("broken image", path, None, f"cannot decode: {exc}")
+            ok.append(False)
+    return ok
+
+
+@torch.no_grad()
+def encode_texts_once(method: Method, texts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen text tower: features of each distinct text once. Returns (features, row -> feature index)."""
+    distinct = list(dict.fromkeys(texts))
+    position = {t: i for i, t in enumerate(distinct)}
+    chunks = [method.backbone.text_features(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
+    index = torch.tensor([position[t] for t in texts], dtype=torch.long)
+    return torch.cat(chunks).cpu(), index
+
+
+def category_nodes(path: list[str], sep: str = " > ") -> list[str]:
+    """Every node on a root-to-leaf path as text: ["A", "A > B", "A > B > C"]."""
+    return [sep.join(path[: depth + 1]) for depth in range(len(path))]
+
+
+@dataclass
+class PairData:
+    """Everything per pair that the batches slice from; built once per run."""
+
+    product_index: torch.Tensor  # (P,) index of the pair's product in the catalog
+    image_paths: list[Path]
+    texts: list[str]  # per product
+    entity_ids: torch.Tensor | None  # (n_products, G)
+    text_features: torch.Tensor | None  # (n_distinct_texts, F) when the text tower is frozen
+    text_feature_index: torch.Tensor | None  # (n_products,)
+    image_inputs: torch.Tensor | None  # (P, F) or (P, N, C) cached tower outputs when the image tower is frozen
+    categories: list[list[str]] | None  # per product: its category nodes (methods that train on categories)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+
+def build_pairs(
+    method: Method,
+    catalog: Catalog,
+    problems: ProblemLog,
+    sources: list[str] | None = None,
+    cache_dir: Path | None = None,
+    with_categories: bool = False,
+) -> PairData:
+    """Collect the usable (image, product) pairs of a catalog and precompute frozen-tower inputs."""
+    rows = [(i, catalog.image_path(im)) for i, im in catalog.iter_images() if sources is None or im.source in sources]
+    keep = readable_images([path for _, path in rows], problems)
+    rows = [row for row, ok in zip(rows, keep) if ok]
+    if not rows:
+        raise ValueError("no usable image left to train on (see the problems above)")
+    product_index = torch.tensor([i for i, _ in rows], dtype=torch.long)
+    paths = [path for _, path in rows]
+    texts = [method.product_text(p) for p in catalog.products]
+    entity_ids = None
+    if method.vocabs is not None:
+        entity_ids = torch.tensor([method.vocabs.encode(p) for p in catalog.products], dtype=torch.long)
+    text_features = text_index = None
+    if method.backbone.text_tower_frozen:
+        text_features, text_index = encode_texts_once(method, texts)
+    image_inputs = None
+    if method.backbone.image_tower_frozen:
+        image_inputs = cached_image_inputs(method, paths, cache_dir)
+    categories = [category_nodes(p.category_path) for p in catalog.products] if with_categories else None
+    return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories)
+
+
+def cached_image_inputs(method: Method, paths: list[Path], cache_dir: Path | None) -> torch.Tensor:
+    """The frozen image tower's outputs for every path, from (and into) the feature cache."""
+    from catalogclip.train.featcache import FeatureCache
+
+    kind = "tokens" if method.image_input == "tokens" else "features"
+    root = cache_dir if cache_dir is not None else Path(".featcache")
+    cache = FeatureCache(root, method.backbone, kind=kind)
+    return cache.fill(paths, load_rgb)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """A permutation that depends only on (seed, epoch): resumed runs see the same order."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, generator: torch.Generator) -> Batch:
+    products = data.product_index[rows]
+    batch = Batch(product_keys=products, texts=[data.texts[i] for i in products.tolist()])
+    if data.entity_ids is not None:
+        batch.entity_ids = data.entity_ids[products]
+    if data.text_features is not None:
+        batch.text_features = data.text_features[data.text_feature_index[products]]
+    if data.image_inputs is not None:
+        cached = data.image_inputs[rows].float()
+        if method.image_input == "tokens":
+            batch.image_tokens = cached
+        else:
+            batch.image_features = cached
+    else:
+        batch.images = torch.stack([transform(load_rgb(data.image_paths[r])) for r in rows.tolist()])
+    if data.categories is not None:
+        batch.categories, batch.category_keys = sample_categories(data, products, generator)
+    return batch
+
+
+def sample_categories(data: PairData, products: torch.Tensor, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """One node at a random depth of each product's path; keys identify equal nodes in the batch."""
+    chosen = []
+    for i in products.tolist():
+        nodes = data.categories[i]
+        chosen.append(nodes[int(torch.randint(len(nodes), (1,), generator=generator))] if nodes else "")
+    ids = {node: k for k, node in enumerate(dict.fromkeys(chosen))}
+    return chosen, torch.tensor([ids[c] for c in chosen], dtype=torch.long)
+
+
+def iterate_batches(
+    method: Method,
+    data: PairData,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    skip: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """Batches of one epoch in the (seed, epoch) order, starting after `skip` batches.
+
+    Under torch.distributed each rank gets its contiguous, equal-sized slice of every global
+    batch (all_gather needs equal shapes: a remainder of fewer rows than ranks is left out). A last
+    batch smaller than two rows per rank is dropped: it has no negatives to contrast with.
+    """
+    transform = method.backbone.image_transform(train=True)
+    order = epoch_order(len(data), seed, epoch)
+    generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        if len(rows) < 2 * world_size:
+            return
+        local = rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank]
+        batch_no = start // batch_size
+        # the category sampler advances for every batch, skipped ones included, to stay resumable
+        batch_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        if batch_no < skip:
+            continue
+        yield make_batch(method, data, local, transform, batch_generator)
+
+
+def batches_per_epoch(n_pairs: int, batch_size: int, world_size: int = 1) -> int:
+    full, rest = divmod(n_pairs, batch_size)
+    return full + (1 if rest >= 2 * world_size else 0)

@@ -1,0 +1,273 @@
+"""The training loop: AdamW, warmup + cosine schedule, accumulation, clipping, mixed precision on
+GPU, atomic checkpoints, exact resume, JSON-lines metrics, a progress bar, DDP under torchrun.
+
+Resume is exact: a checkpoint holds the model, optimiser, schedule, position in the epoch and the
+random states, and batch order depends only on (seed, epoch), so a run killed after k steps and
+resumed ends with the same weights as an unbroken run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Catalog, read_jsonl
+from catalogclip.io import atomic_path, atomic_write_json, atomic_write_text
+from catalogclip.models import methods
+from catalogclip.models.methods import Method
+from catalogclip.train import distributed
+from catalogclip.train.config import RunConfig
+from catalogclip.train.data import PairData, batches_per_epoch, build_pairs, iterate_batches
+
+StepHook = Callable[[int, dict], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_loss: float
+    pairs: int
+    problems: ProblemLog
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def parameter_groups(method: Method, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """Pretrained backbone parameters at `lr`; everything freshly initialised at `head_lr`."""
+    prefixes = tuple(f"backbone.{p}" for p in method.backbone.new_parameter_prefixes)
+    pretrained, new = [], []
+    for name, param in method.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_new = not name.startswith("backbone.") or name.startswith(prefixes)
+        (new if is_new else pretrained).append(param)
+    groups = [{"params": new, "lr": head_lr, "weight_decay": weight_decay}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr": lr, "weight_decay": weight_decay})
+    return groups
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train one run. The run folder layout is documented in the README ("Run folders")."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, on_step: StepHook | None = None, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.on_step = on_step
+        self.progress = progress
+        self.problems = ProblemLog()
+        self.distributed = distributed.init_from_env()
+        self.rank, self.world_size = distributed.rank_and_world()
+        self.device = resolve_device(config.optim.device)
+        if self.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _load_catalog(self) -> Catalog:
+        path = Path(self.config.data.catalog)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: catalog not found")
+        catalog = read_jsonl(path, self.problems)
+        if not len(catalog):
+            raise ValueError(f"{path}: no usable product")
+        return catalog
+
+    def setup(self) -> tuple[Method, PairData]:
+        from catalogclip.catalog.splits import split_catalog, save_split
+        from catalogclip.catalog.vocab import EntityVocabs, build_vocabs
+
+        cfg = self.config
+        seed_everything(cfg.optim.seed)
+        catalog = self._load_catalog()
+        split = split_catalog(catalog, cfg.data.split_by, cfg.data.test_fraction, cfg.data.split_seed)
+        method_config = methods.method_config(cfg.method, cfg.method_options)
+        vocabs = None
+        vocab_path = self.run_dir / "vocabs.json"
+        if method_config.entity_groups:
+            vocabs = EntityVocabs.load(vocab_path) if vocab_path.exists() else build_vocabs(split.train, method_config.entity_groups)
+        method = methods.build_method(cfg.method, cfg.backbone, method_config, vocabs)
+        method.to(self.device)
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.yaml")
+            save_split(split, self.run_dir / "split.json")
+            if vocabs is not None:
+                vocabs.save(vocab_path)
+        cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else self.run_dir.parent / ".featcache"
+        data = build_pairs(
+            method, split.train, self.problems, cfg.data.sources, cache_dir,
+            with_categories=getattr(method, "trains_on_categories", False),
+        )
+        return method, data
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, opt = self.config, self.config.optim
+        method, data = self.setup()
+        model: nn.Module = method
+        if self.distributed:
+            method.gather = distributed.gather_with_grad
+            model = nn.parallel.DistributedDataParallel(
+                method, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
+            )
+        optimizer = torch.optim.AdamW(parameter_groups(method, opt.lr, opt.head_lr, opt.weight_decay))
+        per_epoch = batches_per_epoch(len(data), opt.batch_size, self.world_size)
+        total_steps = max(1, per_epoch * opt.epochs // opt.grad_accum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total_steps))
+        step, epoch, skip = 0, 0, 0
+        if resume:
+            step, epoch, skip = self._resume(method, optimizer, scheduler)
+        last_step = min(total_steps, opt.max_steps or total_steps)
+        bar = tqdm(total=last_step, initial=step, disable=not (self.progress and distributed.is_main()), desc=f"train {cfg.method}", unit="step")
+        last_loss = float("nan")
+        window_start, window_pairs = time.perf_counter(), 0
+        micro = 0
+        model.train()
+        while step < last_step and epoch < opt.epochs:
+            for batch_no, batch in enumerate(
+                iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size), start=skip
+            ):
+                losses = self._forward(model, batch.to(self.device))
+                (losses["loss"] * distributed.loss_scale() / opt.grad_accum).backward()
+                window_pairs += len(batch) * self.world_size
+                micro += 1
+                if micro % opt.grad_accum:
+                    continue
+                self._optimizer_step(method, optimizer, scheduler)
+                step += 1
+                last_loss = float(losses["loss"].detach())
+                record = {"step": step, "epoch": epoch, **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+                if step % opt.log_every == 0 or step == last_step:
+                    elapsed = time.perf_counter() - window_start
+                    record.update(method.log_values(), lr=scheduler.get_last_lr()[0], pairs_per_s=round(window_pairs / elapsed, 2))
+                    self._log(record)
+                    window_start, window_pairs = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                bar.update(1)
+                if step % opt.checkpoint_every == 0 or step == last_step:
+                    self._checkpoint(method, optimizer, scheduler, step, epoch, batch_no + 1)
+                if self.on_step is not None:
+                    self.on_step(step, record)
+                if step >= last_step:
+                    break
+            else:
+                epoch, skip = epoch + 1, 0
+                continue
+            break
+        bar.close()
+        self._finish(method)
+        return TrainResult(self.run_dir, step, last_loss, len(data), self.problems)
+
+    def _forward(self, model: nn.Module, batch) -> dict:
+        if self.device.type == "cuda" and self.config.optim.amp:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(batch)
+        return model(batch)
+
+    def _optimizer_step(self, method: Method, optimizer, scheduler) -> None:
+        clip = self.config.optim.grad_clip
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in method.parameters() if p.grad is not None], clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+    # --- files --------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if distributed.is_main():
+            with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _checkpoint(self, method: Method, optimizer, scheduler, step: int, epoch: int, next_batch: int) -> None:
+        if not distributed.is_main():
+            return
+        state = {
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "next_batch": next_batch,
+            "rng": capture_rng(),
+            "config": self.config.to_dict(),
+        }
+        folder = self.run_dir / "checkpoints"
+        with atomic_path(folder / "last.pt") as tmp:
+            torch.save(state, tmp)
+
+    def _resume(self, method: Method, optimizer, scheduler) -> tuple[int, int, int]:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            return 0, 0, 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        self._truncate_metrics(state["step"])
+        return state["step"], state["epoch"], state["next_batch"]
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint: the resumed run writes them again."""
+        path = self.run_dir / "metrics.jsonl"
+        if distributed.is_main() and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+    def _finish(self, method: Method) -> None:
+        if distributed.is_main() and hasattr(method, "gate_values"):
+            atomic_write_json(self.run_dir / "gates.json", method.gate_values())
+        if self.problems.problems and distributed.is_main():
+            self.problems.write(self.run_dir / "problems.txt")
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:
+    return Trainer(config, run_dir, **kwargs).fit(resume=resume)
