@@ -1,6 +1,115 @@
 """`catalogclip catalog ...`: import, synth, stats."""
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import typer
 
+from catalogclip.cli.common import UserError, user_errors
+
 app = typer.Typer(help="Import, generate and inspect catalogs.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_catalog(
+    src: Path = typer.Argument(..., help="The source: the format's folder or file."),
+    out: Path = typer.Argument(..., help="The canonical catalog JSONL to write."),
+    fmt: str = typer.Option(..., "--format", "-f", help="Source format: myntra, flipkart, fashiongen or jsonl."),
+    image_dir: Path | None = typer.Option(
+        None,
+        "--image-dir",
+        help="myntra/flipkart: folder of the image files (default: SRC's images/); "
+        "fashiongen: folder to extract images into (default: images/ beside OUT).",
+    ),
+    check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Drop images that do not exist."),
+    verify_images: bool = typer.Option(False, "--verify-images", help="Also decode every image (slow)."),
+    brand_stop_words: str | None = typer.Option(
+        None, "--brand-stop-words", help="myntra: comma-separated words that end the brand in a product name."
+    ),
+    problems_file: Path | None = typer.Option(None, "--problems", help="Write every problem met to this file."),
+) -> None:
+    """Convert a catalog into canonical JSONL; bad rows and images are reported and skipped."""
+    with user_errors():
+        from catalogclip.catalog.problems import ProblemLog
+        from catalogclip.catalog.readers import ReaderOptions, read_catalog
+        from catalogclip.catalog.schema import write_jsonl
+
+        if fmt == "fashiongen" and image_dir is None:
+            image_dir = out.parent / "images"
+        options = ReaderOptions(image_dir=image_dir, check_images=check_images or verify_images, verify_images=verify_images)
+        if brand_stop_words is not None:
+            options = ReaderOptions(**{**vars(options), "brand_stop_words": _split_words(brand_stop_words)})
+        problems = ProblemLog()
+        catalog = read_catalog(fmt, src, problems, options)
+        problems.report(out=sys.stderr)
+        if problems_file is not None:
+            problems_file.parent.mkdir(parents=True, exist_ok=True)
+            problems.write(problems_file)
+        if not len(catalog):
+            print(f"error: nothing usable in {src}", file=sys.stderr)
+            raise typer.Exit(1)
+        write_jsonl(catalog, out)
+    print(f"wrote {len(catalog)} products ({sum(len(p.images) for p in catalog)} images) to {out}")
+
+
+def _split_words(text: str) -> tuple[str, ...]:
+    return tuple(word.strip() for word in text.split(",") if word.strip())
+
+
+@app.command("stats")
+def stats(
+    file: Path = typer.Argument(..., help="A canonical catalog JSONL."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    top: int = typer.Option(5, "--top", min=1, help="Most common values listed per attribute group."),
+    check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Stat every image file."),
+) -> None:
+    """Products, images, attribute groups, the category tree and missing images of a catalog."""
+    with user_errors():
+        from catalogclip.catalog.problems import ProblemLog
+        from catalogclip.catalog.schema import read_jsonl
+        from catalogclip.catalog.stats import catalog_stats
+
+        if not file.is_file():
+            raise UserError(f"{file}: no such file")
+        problems = ProblemLog()
+        catalog = read_jsonl(file, problems)
+        if problems:
+            problems.report(out=sys.stderr)
+        figures = catalog_stats(catalog, top=top, check_images=check_images)
+    if as_json:
+        print(json.dumps(figures, indent=2, ensure_ascii=False))
+    else:
+        _print_stats(figures)
+
+
+def _print_stats(figures: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    spread = figures["images_per_product"]
+    console.print(
+        f"[bold]{figures['products']}[/] products, [bold]{figures['images']}[/] images "
+        f"(per product min {spread['min']}, mean {spread['mean']:.2f}, max {spread['max']}); "
+        f"sources: {', '.join(f'{k} {v}' for k, v in figures['image_sources'].items()) or 'none'}"
+    )
+    category = figures["category"]
+    depth = category["depth"]
+    console.print(
+        f"category tree: depth min {depth['min']}, mean {depth['mean']:.2f}, max {depth['max']}; "
+        f"nodes per level {category['nodes_per_level']} (distinct names {category['names_per_level']}); "
+        f"{category['leaves']} leaves; "
+        f"{category['without_category']} products without a category"
+    )
+    table = Table("attribute group", "distinct", "coverage", "top values")
+    for group, info in figures["attributes"].items():
+        top_values = ", ".join(f"{value} ({count})" for value, count in info["top"])
+        table.add_row(group, str(info["distinct"]), f"{info['coverage']:.1%}", top_values)
+    console.print(table)
+    if "image_files" in figures:
+        files = figures["image_files"]
+        console.print(f"unusable image files: {files['unusable']} {files['by_kind'] or ''}".rstrip())
+        for example in files["examples"]:
+            console.print(f"  {example}", markup=False)
