@@ -6,6 +6,7 @@ the spatial tokens (ViT patch tokens or a CNN feature map) that the ECLIP instan
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -93,6 +94,21 @@ class Backbone(nn.Module):
         size = self.config.image_size or "native"
         return f"{self.config.spec}|size={size}"
 
+    @property
+    def text_feature_id(self) -> str:
+        """Identifies text tower weights + tokenisation: the key prefix of cached text features."""
+        return f"{self.config.spec}|text"
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Frozen sub-modules: they stay in eval mode (BatchNorm statistics, dropout) in `train()`."""
+        return []
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
     #: defaults used when the config leaves freezing to the backbone
     default_freeze_image: bool = False
     default_freeze_text: bool = False
@@ -128,3 +144,23 @@ def build_backbone(config: BackboneConfig | str) -> Backbone:
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def weights_fingerprint(*modules: nn.Module) -> str:
+    """A short hash of the modules' parameters and buffers: changes whenever their values do."""
+    digest = hashlib.blake2b(digest_size=8)
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def projection_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int | None = None) -> nn.Module:
+    """A freshly initialised head into the shared space: "linear", or "mlp" (Linear-GELU-Linear)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden = hidden or max(in_dim, out_dim)
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    raise ValueError(f"unknown projection head '{kind}' (known: linear, mlp)")
