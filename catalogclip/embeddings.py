@@ -7,6 +7,8 @@ A folder holds ``embeddings.npz`` with L2-normalised float32 matrices and their 
 - ``text``   (n_products, d): the text side of each product (what a T2I query looks like);
   ``text_product`` (product id of each row).
 - ``category`` (n_categories, d), optional: ``category_path`` (" > "-joined path of each row).
+- ``product`` (n_products, d), optional: one fused vector per product from methods that have one
+  (CLIP-ITA fuses image + attributes + title); rows follow ``text_product``.
 
 and ``meta.json``: the run, backbone and method that made them, and the embedding dimension.
 """
@@ -37,6 +39,7 @@ class Embeddings:
     text_product: np.ndarray
     category: np.ndarray | None = None
     category_path: np.ndarray | None = None
+    product: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -56,6 +59,8 @@ class Embeddings:
         if self.category is not None:
             arrays["category"] = self.category.astype(np.float32)
             arrays["category_path"] = np.asarray(self.category_path).astype(str)
+        if self.product is not None:
+            arrays["product"] = self.product.astype(np.float32)
         with atomic_path(folder / "embeddings.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)

@@ -22,6 +22,9 @@ class Batch:
     text_features: torch.Tensor | None = None
     #: (B, G) entity ids, one per attribute group
     entity_ids: torch.Tensor | None = None
+    #: attribute text of each row's product ("brand: Puma, colour: Black"), for methods that set
+    #: `uses_attribute_text` (CLIP-ITA)
+    attribute_texts: list[str] | None = None
     #: category path texts (CLIP-ITA samples one node of each product's path)
     categories: list[str] | None = None
     #: (B,) key of each row's sampled category node: rows with equal keys share the category

@@ -54,6 +54,12 @@ class Method(nn.Module):
     config_class: type[MethodConfig] = MethodConfig
     #: what the image side consumes: pooled "features" or spatial "tokens" (ECLIP)
     image_input = "features"
+    #: >1: batches are built from products with up to this many images each (ECLIP's intra-product loss)
+    views_per_product = 1
+    #: the data pipeline samples a category node per row (Batch.categories, CLIP-ITA)
+    trains_on_categories = False
+    #: the data pipeline adds each product's attribute text (Batch.attribute_texts, CLIP-ITA)
+    uses_attribute_text = False
 
     def __init__(self, backbone: Backbone, config: MethodConfig, vocabs=None) -> None:
         super().__init__()
@@ -91,6 +97,10 @@ class Method(nn.Module):
 
     def embed_categories(self, paths: list[str]) -> torch.Tensor:
         return F.normalize(self.backbone.encode_text(paths), dim=-1)
+
+    #: methods with one fused vector per product (CLIP-ITA) implement
+    #: `embed_products(batch) -> (B, d)` over a batch of one image + text + attributes per product
+    embed_products = None
 
     # --- training ---------------------------------------------------------------------------
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:

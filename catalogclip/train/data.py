@@ -52,6 +52,11 @@ def encode_texts_once(method: Method, texts: list[str], batch_size: int = 256) -
     return torch.cat(chunks).cpu(), index
 
 
+def attribute_text(product) -> str:
+    """A product's attributes as text: "brand: Puma, colour: Black"."""
+    return ", ".join(f"{group}: {value}" for group, value in product.attributes.items())
+
+
 def category_nodes(path: list[str], sep: str = " > ") -> list[str]:
     """Every node on a root-to-leaf path as text: ["A", "A > B", "A > B > C"]."""
     return [sep.join(path[: depth + 1]) for depth in range(len(path))]
@@ -69,6 +74,7 @@ class PairData:
     text_feature_index: torch.Tensor | None  # (n_products,)
     image_inputs: torch.Tensor | None  # (P, F) or (P, N, C) cached tower outputs when the image tower is frozen
     categories: list[list[str]] | None  # per product: its category nodes (methods that train on categories)
+    attribute_texts: list[str] | None  # per product (methods that use attribute text)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -80,7 +86,6 @@ def build_pairs(
     problems: ProblemLog,
     sources: list[str] | None = None,
     cache_dir: Path | None = None,
-    with_categories: bool = False,
 ) -> PairData:
     """Collect the usable (image, product) pairs of a catalog and precompute frozen-tower inputs."""
     rows = [(i, catalog.image_path(im)) for i, im in catalog.iter_images() if sources is None or im.source in sources]
@@ -100,8 +105,9 @@ def build_pairs(
     image_inputs = None
     if method.backbone.image_tower_frozen:
         image_inputs = cached_image_inputs(method, paths, cache_dir)
-    categories = [category_nodes(p.category_path) for p in catalog.products] if with_categories else None
-    return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories)
+    categories = [category_nodes(p.category_path) for p in catalog.products] if method.trains_on_categories else None
+    attributes = [attribute_text(p) for p in catalog.products] if method.uses_attribute_text else None
+    return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories, attributes)
 
 
 def cached_image_inputs(method: Method, paths: list[Path], cache_dir: Path | None) -> torch.Tensor:
@@ -114,10 +120,29 @@ def cached_image_inputs(method: Method, paths: list[Path], cache_dir: Path | Non
     return cache.fill(paths, load_rgb)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """A permutation that depends only on (seed, epoch): resumed runs see the same order."""
+def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1) -> list[torch.Tensor]:
+    """The pair rows of every batch of one epoch; depends only on (seed, epoch), so resumes replay it.
+
+    With `views_per_product` > 1, batches are packed with whole products, up to that many images
+    each, so several views of one product meet in a batch (they are positives of each other).
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator)
+    order = torch.randperm(len(data), generator=generator)
+    if views_per_product <= 1:
+        return list(order.split(batch_size))
+    groups: dict[int, list[int]] = {}
+    for row in order.tolist():
+        groups.setdefault(int(data.product_index[row]), []).append(row)
+    batches, current = [], []
+    for rows in groups.values():
+        rows = rows[:views_per_product]
+        if len(current) + len(rows) > batch_size and current:
+            batches.append(torch.tensor(current))
+            current = []
+        current.extend(rows)
+    if current:
+        batches.append(torch.tensor(current))
+    return batches
 
 
 def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, generator: torch.Generator) -> Batch:
@@ -137,6 +162,8 @@ def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, ge
         batch.images = torch.stack([transform(load_rgb(data.image_paths[r])) for r in rows.tolist()])
     if data.categories is not None:
         batch.categories, batch.category_keys = sample_categories(data, products, generator)
+    if data.attribute_texts is not None:
+        batch.attribute_texts = [data.attribute_texts[i] for i in products.tolist()]
     return batch
 
 
@@ -163,25 +190,19 @@ def iterate_batches(
     """Batches of one epoch in the (seed, epoch) order, starting after `skip` batches.
 
     Under torch.distributed each rank gets its contiguous, equal-sized slice of every global
-    batch (all_gather needs equal shapes: a remainder of fewer rows than ranks is left out). A last
+    batch (all_gather needs equal shapes: a remainder of fewer rows than ranks is left out). A
     batch smaller than two rows per rank is dropped: it has no negatives to contrast with.
     """
     transform = method.backbone.image_transform(train=True)
-    order = epoch_order(len(data), seed, epoch)
     generator = torch.Generator().manual_seed(seed * 7919 + epoch)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        if len(rows) < 2 * world_size:
-            return
-        local = rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank]
-        batch_no = start // batch_size
+    for batch_no, rows in enumerate(usable_batches(data, batch_size, seed, epoch, method.views_per_product, world_size)):
         # the category sampler advances for every batch, skipped ones included, to stay resumable
         batch_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         if batch_no < skip:
             continue
+        local = rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank]
         yield make_batch(method, data, local, transform, batch_generator)
 
 
-def batches_per_epoch(n_pairs: int, batch_size: int, world_size: int = 1) -> int:
-    full, rest = divmod(n_pairs, batch_size)
-    return full + (1 if rest >= 2 * world_size else 0)
+def usable_batches(data: PairData, batch_size: int, seed: int, epoch: int, views: int, world_size: int) -> list[torch.Tensor]:
+    return [rows for rows in epoch_batches(data, batch_size, seed, epoch, views) if len(rows) >= 2 * world_size]

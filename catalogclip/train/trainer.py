@@ -27,7 +27,7 @@ from catalogclip.models import methods
 from catalogclip.models.methods import Method
 from catalogclip.train import distributed
 from catalogclip.train.config import RunConfig
-from catalogclip.train.data import PairData, batches_per_epoch, build_pairs, iterate_batches
+from catalogclip.train.data import PairData, build_pairs, iterate_batches, usable_batches
 
 StepHook = Callable[[int, dict], None]
 
@@ -142,10 +142,7 @@ class Trainer:
             if vocabs is not None:
                 vocabs.save(vocab_path)
         cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else self.run_dir.parent / ".featcache"
-        data = build_pairs(
-            method, split.train, self.problems, cfg.data.sources, cache_dir,
-            with_categories=getattr(method, "trains_on_categories", False),
-        )
+        data = build_pairs(method, split.train, self.problems, cfg.data.sources, cache_dir)
         return method, data
 
     # --- the loop -----------------------------------------------------------------------------
@@ -159,7 +156,7 @@ class Trainer:
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
             )
         optimizer = torch.optim.AdamW(parameter_groups(method, opt.lr, opt.head_lr, opt.weight_decay))
-        per_epoch = batches_per_epoch(len(data), opt.batch_size, self.world_size)
+        per_epoch = len(usable_batches(data, opt.batch_size, opt.seed, 0, method.views_per_product, self.world_size))
         total_steps = max(1, per_epoch * opt.epochs // opt.grad_accum)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total_steps))
         step, epoch, skip = 0, 0, 0

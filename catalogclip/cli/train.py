@@ -1,0 +1,119 @@
+"""`catalogclip train` and `catalogclip embed`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from catalogclip.cli.common import app, user_errors
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def build_run_config(
+    config: Path | None,
+    catalog: Path | None,
+    method: str | None,
+    backbone: str | None,
+    overrides: dict,
+    method_overrides: dict,
+):
+    """A RunConfig from an optional YAML file plus command-line overrides (flags win)."""
+    from catalogclip.train.config import RunConfig
+
+    run = RunConfig.load(config) if config else RunConfig()
+    if catalog is not None:
+        run.data.catalog = str(catalog)
+    if method is not None:
+        run.method = method
+    if backbone is not None:
+        run.backbone.spec = backbone
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if value is not None:
+                setattr(getattr(run, section), key, value)
+    run.method_options.update({k: v for k, v in method_overrides.items() if v is not None})
+    if not run.data.catalog:
+        raise ValueError("no catalog given (--catalog or data.catalog in --config)")
+    return run
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder to write (config, checkpoints, metrics)."),
+    catalog: Optional[Path] = typer.Option(None, help="Catalog JSONL to train on (its test split is held out)."),
+    method: Optional[str] = typer.Option(None, help="clip | eiclip | eclip | clipita"),
+    backbone: Optional[str] = typer.Option(None, help="tiny | twotower | openclip:<model>[:<tag or checkpoint path>]"),
+    config: Optional[Path] = typer.Option(None, help="YAML run config; flags override it."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of pretrained tower parameters."),
+    head_lr: Optional[float] = typer.Option(None, help="Learning rate of freshly initialised parts."),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
+    embed_dim: Optional[int] = typer.Option(None, help="Joint embedding dimension."),
+    entities: Optional[str] = typer.Option(None, help="Attribute groups for the entity encoders (eiclip), comma-separated."),
+    entities_as_text: Optional[str] = typer.Option(None, help="Attribute groups appended to the text (clip baseline 3)."),
+    gates: Optional[str] = typer.Option(None, help="eiclip gates: learned | equal"),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a method on a catalog."""
+    with user_errors():
+        from catalogclip.train.trainer import train as run_training
+
+        run = build_run_config(
+            config, catalog, method, backbone,
+            {
+                "optim": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "seed": seed,
+                          "device": device, "max_steps": max_steps},
+                "backbone": {"embed_dim": embed_dim},
+            },
+            {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates},
+        )
+        if resume and not (out / "checkpoints" / "last.pt").exists():
+            typer.echo(f"{out}: no checkpoint to resume from; starting fresh", err=True)
+        result = run_training(run, out, resume=resume, progress=progress)
+        if result.problems.problems:
+            result.problems.report()
+        typer.echo(f"trained {run.method} for {result.steps} steps on {result.pairs} pairs; last loss {result.last_loss:.4f} -> {out}")
+
+
+@app.command()
+def embed(
+    run: Path = typer.Option(..., "--run", help="Trained run folder."),
+    catalog: Optional[Path] = typer.Option(None, help="Catalog to embed (default: the run's catalog)."),
+    split: str = typer.Option("test", help="test | train | all: which products of the run's catalog to embed."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/embeddings)."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Write image, text and category embeddings of a catalog with a trained run."""
+    with user_errors():
+        from catalogclip.embed import embed_catalog
+        from catalogclip.train.runs import load_run
+
+        loaded = load_run(run, device)
+        products = run_catalog(loaded, catalog, split)
+        embeddings = embed_catalog(loaded.method, products)
+        embeddings.meta.update(run=str(run), model_id=loaded.model_id, split=split)
+        target = embeddings.save(out or run / "embeddings")
+        typer.echo(f"{len(embeddings.image)} images, {len(embeddings.text)} products -> {target}")
+
+
+def run_catalog(loaded, catalog: Path | None, split: str):
+    """The products to embed: a given catalog as is, or one side of the run's own split."""
+    from catalogclip.catalog.schema import read_jsonl
+
+    if catalog is not None:
+        return read_jsonl(catalog)
+    full = read_jsonl(loaded.config.data.catalog)
+    if split == "all":
+        return full
+    ids = loaded.split_ids()
+    if split not in ids:
+        raise ValueError(f"--split must be test, train or all, got '{split}'")
+    return full.subset(ids[split])

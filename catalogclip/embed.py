@@ -1,0 +1,144 @@
+"""Embed a catalog with a method (images, product texts, category nodes) and encode queries.
+
+`embed_catalog` feeds evaluation and indexing; `RunEncoder` is the `Encoder` that search and
+evaluation use to turn a query (text + entities, image, category path) into a vector.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Catalog, Product
+from catalogclip.embeddings import Embeddings
+from catalogclip.models.batch import Batch
+from catalogclip.models.methods import Method
+from catalogclip.train.data import category_nodes, load_rgb
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+@torch.no_grad()
+def embed_pil_images(method: Method, images: list[Image.Image], batch_size: int = 64) -> np.ndarray:
+    transform = method.backbone.image_transform(train=False)
+    device = method.backbone.device
+    out = []
+    for chunk in _chunks(images, batch_size):
+        pixels = torch.stack([transform(im.convert("RGB")) for im in chunk]).to(device)
+        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=pixels)
+        out.append(_numpy(method.embed_images(batch)))
+    return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def embed_product_texts(
+    method: Method, texts: list[str], entity_ids: list[list[int]] | None = None, batch_size: int = 256
+) -> np.ndarray:
+    device = method.backbone.device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = Batch(product_keys=torch.arange(len(chunk)), texts=list(chunk))
+        if entity_ids is not None:
+            batch.entity_ids = torch.tensor(entity_ids[start : start + batch_size], dtype=torch.long)
+        out.append(_numpy(method.embed_texts(batch.to(device))))
+    return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def embed_category_paths(method: Method, paths: list[str], batch_size: int = 256) -> np.ndarray:
+    out = [_numpy(method.embed_categories(list(chunk))) for chunk in _chunks(paths, batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
+
+
+def product_entity_ids(method: Method, products: list[Product]) -> list[list[int]] | None:
+    return [method.vocabs.encode(p) for p in products] if method.vocabs is not None else None
+
+
+def catalog_categories(catalog: Catalog) -> list[str]:
+    """Every node of the catalog's category tree, in first-seen order."""
+    nodes: dict[str, None] = {}
+    for product in catalog:
+        nodes.update(dict.fromkeys(category_nodes(product.category_path)))
+    return list(nodes)
+
+
+def embed_catalog(
+    method: Method,
+    catalog: Catalog,
+    batch_size: int = 64,
+    categories: list[str] | None = None,
+    problems: ProblemLog | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embeddings of every readable image, every product's text, and every category node."""
+    problems = problems if problems is not None else ProblemLog()
+    method.eval()
+    rows = []
+    for i, image in catalog.iter_images():
+        rows.append((catalog.products[i].id, image.source, catalog.image_path(image)))
+    vectors, kept = [], []
+    for chunk in tqdm(list(_chunks(rows, batch_size)), desc="embed images", unit="batch", disable=not progress):
+        images = []
+        for row in chunk:
+            try:
+                images.append(load_rgb(row[2]))
+                kept.append(row)
+            except (OSError, ValueError) as exc:
+                problems.add("broken image", row[2], None, f"cannot decode: {exc}")
+        if images:
+            vectors.append(embed_pil_images(method, images, batch_size))
+    products = catalog.products
+    text = embed_product_texts(method, [method.product_text(p) for p in products], product_entity_ids(method, products))
+    categories = catalog_categories(catalog) if categories is None else categories
+    return Embeddings(
+        image=np.concatenate(vectors) if vectors else np.zeros((0, method.backbone.embed_dim), np.float32),
+        image_product=np.array([r[0] for r in kept], dtype=str),
+        image_source=np.array([r[1] for r in kept], dtype=str),
+        image_path=np.array([str(r[2]) for r in kept], dtype=str),
+        text=text,
+        text_product=np.array([p.id for p in products], dtype=str),
+        category=embed_category_paths(method, categories),
+        category_path=np.array(categories, dtype=str),
+        meta={"method": method.name, "backbone": method.backbone.config.spec},
+    )
+
+
+class RunEncoder:
+    """`catalogclip.embeddings.Encoder` for a trained run folder (or an already built method)."""
+
+    def __init__(self, run_dir: str | Path | None = None, device: str = "cpu", method: Method | None = None, model_id: str | None = None):
+        if method is None:
+            from catalogclip.train.runs import load_run
+
+            run = load_run(run_dir, device)
+            method, model_id = run.method, run.model_id
+        self.method = method.eval()
+        self.model_id = model_id or f"{method.name}-untrained"
+        self.dim = method.backbone.embed_dim
+        self.vocabs = method.vocabs
+
+    def encode_texts(self, texts: list[str], entities: list[dict[str, str]] | None = None) -> np.ndarray:
+        ids = None
+        if self.vocabs is not None:
+            entities = entities or [{} for _ in texts]
+            ids = [self.vocabs.encode_values(e) for e in entities]
+        return embed_product_texts(self.method, list(texts), ids)
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        return embed_pil_images(self.method, images)
+
+    def encode_categories(self, paths: list[str]) -> np.ndarray:
+        return embed_category_paths(self.method, list(paths))

@@ -1,0 +1,60 @@
+"""Open a trained run folder: its config, split, vocabularies and the method with its weights."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from catalogclip.models.methods import Method, build_method, method_config
+from catalogclip.train.config import RunConfig
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    config: RunConfig
+    method: Method
+    step: int
+    #: identifies config + weights; an index built with one model refuses another's queries
+    model_id: str
+
+    def split_ids(self) -> dict[str, list[str]]:
+        path = self.run_dir / "split.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: the run has no split (was it trained with catalogclip?)")
+        return json.loads(path.read_text())
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
+    config = RunConfig.load(config_path)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: the run has no checkpoint yet")
+    vocabs = None
+    if (run_dir / "vocabs.json").exists():
+        from catalogclip.catalog.vocab import EntityVocabs
+
+        vocabs = EntityVocabs.load(run_dir / "vocabs.json")
+    method = build_method(config.method, config.backbone, method_config(config.method, config.method_options), vocabs)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    method.load_state_dict(state["model"])
+    method.to(device).eval()
+    model_id = _model_id(config, state["step"], checkpoint)
+    return Run(run_dir, config, method, state["step"], model_id)
+
+
+def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Method:
+    return load_run(run_dir, device).method
+
+
+def _model_id(config: RunConfig, step: int, checkpoint: Path) -> str:
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(f"{step}:{checkpoint.stat().st_size}".encode())
+    return f"{config.method}-{digest.hexdigest()[:16]}"
