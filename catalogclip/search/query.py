@@ -1,0 +1,207 @@
+"""Query understanding: attribute filters and entity recognition in free text.
+
+Filters are plain data, the same from the CLI, the API and the web page::
+
+    {"brand": "Puma",                      # equality (case-insensitive)
+     "colour": ["Black", "Red"],           # any of these values
+     "price": {"min": 10, "max": 50},      # numeric range, either bound optional
+     "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths)
+
+Entity recognition finds known entity values in a query ("black puma running shoes" ->
+brand=Puma, colour=Black) by dictionary lookup over word n-grams, longest match first,
+case-insensitively; EI-CLIP runs feed what it finds to their entity encoders.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+#: the filter field that selects a category subtree (not an attribute)
+CATEGORY_FIELD = "category"
+CATEGORY_SEP = " > "
+
+
+class QueryError(ValueError):
+    """A query or filter the user got wrong; the message says what and where."""
+
+
+# --- filters ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Filter:
+    """One clause; clauses of a query are ANDed. Exactly one of `values` / range is used."""
+
+    field: str
+    values: tuple[str, ...] = ()  # equality / set membership, as given (matched case-insensitively)
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return not self.values
+
+
+def normalise_category(path: str | Iterable[str]) -> str:
+    """"Footwear>Shoes", " Footwear > Shoes " and ["Footwear", "Shoes"] all become "Footwear > Shoes"."""
+    parts = path.split(">") if isinstance(path, str) else list(path)
+    return CATEGORY_SEP.join(p.strip() for p in parts if str(p).strip())
+
+
+def _number(value, where: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise QueryError(f"filter '{where}' must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise QueryError(f"filter '{where}' must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise QueryError(f"filter '{where}' must be a finite number, got {value!r}")
+    return number
+
+
+def _values(field: str, raw) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise QueryError(f"filter '{field}' has an empty list of values")
+    values = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise QueryError(f"filter '{field}' values must be strings, got {item!r}")
+        text = normalise_category(str(item)) if field == CATEGORY_FIELD else str(item).strip()
+        if not text:
+            raise QueryError(f"filter '{field}' has an empty value")
+        values.append(text)
+    return tuple(values)
+
+
+def parse_filters(raw: Mapping | None, known_fields: Iterable[str]) -> list[Filter]:
+    """Validate a filter mapping against the fields an index knows; raises QueryError."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        raise QueryError(f"filters must be an object of field -> value(s), got {type(raw).__name__}")
+    known = set(known_fields) | {CATEGORY_FIELD}
+    filters = []
+    for field, spec in raw.items():
+        if field not in known:
+            raise QueryError(f"unknown filter field '{field}' (known: {', '.join(sorted(known))})")
+        if isinstance(spec, Mapping):
+            extra = set(spec) - {"min", "max"}
+            if extra or field == CATEGORY_FIELD:
+                raise QueryError(f"filter '{field}': a range is {{\"min\": number, \"max\": number}}")
+            low, high = _number(spec.get("min"), f"{field}.min"), _number(spec.get("max"), f"{field}.max")
+            if low is None and high is None:
+                raise QueryError(f"filter '{field}': a range needs 'min' or 'max'")
+            if low is not None and high is not None and low > high:
+                raise QueryError(f"filter '{field}': min {low:g} is greater than max {high:g}")
+            filters.append(Filter(field, low=low, high=high))
+        else:
+            filters.append(Filter(field, values=_values(field, spec)))
+    return filters
+
+
+def parse_filter_args(args: Iterable[str]) -> dict:
+    """Command-line filters -> a filter mapping: ``brand=Puma``, ``colour=Black,Red``,
+    ``price=10..50`` (either bound may be left out: ``price=..50``), ``category=Footwear > Shoes``."""
+    out: dict = {}
+    for arg in args:
+        field, sep, value = arg.partition("=")
+        field, value = field.strip(), value.strip()
+        if not sep or not field or not value:
+            raise QueryError(f"filter '{arg}' is not FIELD=VALUE")
+        if field in out:
+            raise QueryError(f"filter field '{field}' is given twice")
+        if ".." in value:
+            low, _, high = value.partition("..")
+            out[field] = {"min": low.strip() or None, "max": high.strip() or None}
+        elif field == CATEGORY_FIELD:
+            out[field] = value
+        else:
+            out[field] = [v.strip() for v in value.split(",")]
+    return out
+
+
+# --- entity recognition -----------------------------------------------------------------------
+_WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form used for matching (Crème -> creme)."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _tokens(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, folded word) for each word; offsets index the original text."""
+    return [(m.start(), m.end(), fold(m.group())) for m in _WORD.finditer(text)]
+
+
+@dataclass(frozen=True)
+class EntityMatch:
+    group: str
+    value: str  # the vocabulary's own spelling
+    text: str  # what the query said
+    start: int  # character offsets in the query
+    end: int
+
+    def to_json(self) -> dict:
+        return {"group": self.group, "value": self.value, "text": self.text, "start": self.start, "end": self.end}
+
+
+class EntityLinker:
+    """Longest-match dictionary lookup of entity values in free text.
+
+    `vocabs` maps an entity group to its known values, e.g. ``{"brand": ["Puma", "Golden Goose"]}``.
+    A phrase listed in several groups is recognised in each of them; a group keeps its first match.
+    Lookup costs O(words x longest phrase) dictionary probes, independent of the vocabulary size.
+    """
+
+    def __init__(self, vocabs: Mapping[str, Iterable[str]]) -> None:
+        self._phrases: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+        for group, values in vocabs.items():
+            for value in values:
+                key = tuple(token for _, _, token in _tokens(str(value)))
+                if key and (group, value) not in self._phrases.get(key, []):
+                    self._phrases.setdefault(key, []).append((group, str(value)))
+        self._longest = max((len(k) for k in self._phrases), default=0)
+
+    def __len__(self) -> int:
+        return len(self._phrases)
+
+    def find(self, text: str) -> list[EntityMatch]:
+        words = _tokens(text)
+        tokens = [token for _, _, token in words]
+        matches: list[EntityMatch] = []
+        i = 0
+        while i < len(tokens):
+            for n in range(min(self._longest, len(tokens) - i), 0, -1):
+                hits = self._phrases.get(tuple(tokens[i : i + n]))
+                if hits:
+                    start, end = words[i][0], words[i + n - 1][1]
+                    matches += [EntityMatch(g, v, text[start:end], start, end) for g, v in hits]
+                    i += n
+                    break
+            else:
+                i += 1
+        return matches
+
+    def entities(self, text: str) -> tuple[dict[str, str], list[EntityMatch]]:
+        """{group: value} (first match of each group) plus every match found."""
+        matches = self.find(text)
+        entities: dict[str, str] = {}
+        for match in matches:
+            entities.setdefault(match.group, match.value)
+        return entities, matches
+
+
+def vocab_values(vocabs) -> dict[str, list[str]]:
+    """{group: [values]} from a plain mapping or from an object with `groups` and `values(group)`
+    (catalogclip.catalog.vocab.EntityVocabs), without relying on anything else it holds."""
+    if isinstance(vocabs, Mapping):
+        return {str(g): [str(v) for v in vals] for g, vals in vocabs.items()}
+    groups = vocabs.groups() if callable(vocabs.groups) else vocabs.groups
+    return {str(g): [str(v) for v in vocabs.values(g)] for g in groups}
