@@ -1,0 +1,122 @@
+"""`catalogclip catalog import` and `catalogclip catalog stats`: exit codes and messages."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from catalogclip.cli import app
+from test_readers import FASHIONGEN_ROWS, NASTY_MYNTRA_ROWS, write_fashiongen, write_jpeg, write_myntra, write_truncated_jpeg
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, ["catalog", *map(str, args)])
+
+
+def test_import_myntra_writes_canonical_jsonl_and_reports_problems(tmp_path):
+    root = write_myntra(tmp_path / "myntra", NASTY_MYNTRA_ROWS, ["1", "2", "3", "6"])
+    out = tmp_path / "myntra" / "catalog.jsonl"
+    problems_file = tmp_path / "logs" / "problems.txt"
+    result = run("import", "--format", "myntra", root, out, "--problems", problems_file)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"wrote 3 products (3 images) to {out}"
+    assert "3 usable, skipped: 1 duplicate id, 2 malformed row, 1 missing image" in result.stderr
+    assert f"{root / 'styles.csv'}:5: duplicate id: id '1' already seen" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2", "6"]
+    assert rows[0]["images"] == [{"path": "images/1.jpg", "source": "merchant"}]  # relative to OUT's folder
+    assert len(problems_file.read_text().splitlines()) == 4
+
+
+def test_import_reports_a_few_problems_per_kind_but_writes_them_all(tmp_path):
+    rows = [f"{i},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Puma Men Tee {i}" for i in range(12)]
+    root = write_myntra(tmp_path, rows, ["0"])
+    result = run("import", "-f", "myntra", root, tmp_path / "out" / "c.jsonl", "--problems", tmp_path / "p.txt")
+    assert result.exit_code == 0
+    assert result.stderr.count("missing image:") == 5
+    assert "... and 6 more 'missing image'" in result.stderr
+    assert len((tmp_path / "p.txt").read_text().splitlines()) == 11
+
+
+def test_import_exits_1_when_nothing_usable_is_left(tmp_path):
+    root = write_myntra(tmp_path, NASTY_MYNTRA_ROWS[:2], [])
+    out = tmp_path / "c.jsonl"
+    result = run("import", "--format", "myntra", root, out)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: nothing usable in {root}"
+    assert not out.exists()
+
+
+def test_import_verify_images_drops_undecodable_files(tmp_path):
+    root = write_myntra(tmp_path, NASTY_MYNTRA_ROWS[:2], ["1"])
+    write_truncated_jpeg(root / "images" / "2.jpg")
+    out = tmp_path / "c.jsonl"
+    assert "wrote 2 products" in run("import", "-f", "myntra", root, out).stdout
+    result = run("import", "-f", "myntra", root, out, "--verify-images")
+    assert result.exit_code == 0 and "wrote 1 products" in result.stdout
+    assert "broken image" in result.stderr and "cannot decode" in result.stderr
+
+
+def test_import_fashiongen_extracts_images_beside_out(tmp_path):
+    h5_path = write_fashiongen(tmp_path / "fg.h5", FASHIONGEN_ROWS)
+    out = tmp_path / "out" / "catalog.jsonl"
+    result = run("import", "-f", "fashiongen", h5_path, out)
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert [im["path"] for im in rows["101"]["images"]] == ["images/101_0.jpg", "images/101_1.jpg", "images/101_2.jpg"]
+    assert (tmp_path / "out" / "images" / "202_0.jpg").is_file()
+
+
+def test_import_user_errors_are_one_line(tmp_path):
+    cases = {
+        ("-f", "amazon", tmp_path, tmp_path / "o.jsonl"): "error: unknown catalog format 'amazon' (known: fashiongen, flipkart, jsonl, myntra)",
+        ("-f", "myntra", tmp_path / "nope", tmp_path / "o.jsonl"): f"error: {tmp_path / 'nope'}: no such file or folder",
+    }
+    (tmp_path / "styles.csv").write_text("id,gender,productDisplayName\n1,Men,Tee\n")
+    cases[("-f", "myntra", tmp_path, tmp_path / "o.jsonl")] = (
+        f"error: {tmp_path / 'styles.csv'}: missing column 'masterCategory' (found: id, gender, productDisplayName)"
+    )
+    for args, message in cases.items():
+        result = run("import", *args)
+        assert result.exit_code == 2
+        assert result.stderr.strip() == message
+        assert "Traceback" not in result.output
+
+
+def write_small_catalog(tmp_path):
+    write_jpeg(tmp_path / "images" / "a.jpg")
+    rows = [
+        {"id": "a", "title": "Puma Tee", "images": ["images/a.jpg", {"path": "images/a2.jpg", "source": "customer"}],
+         "attributes": {"brand": "Puma"}, "category_path": ["Apparel", "Topwear"]},
+        {"id": "b", "title": "Nike Cap", "images": ["images/a.jpg"],
+         "attributes": {"brand": "Nike", "colour": "Red"}, "category_path": ["Accessories"]},
+    ]
+    path = tmp_path / "catalog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "oops\n")
+    return path
+
+
+def test_stats_json(tmp_path):
+    result = run("stats", write_small_catalog(tmp_path), "--json")
+    assert result.exit_code == 0
+    stats = json.loads(result.stdout)
+    assert stats["products"] == 2 and stats["images_per_product"] == {"min": 1, "mean": 1.5, "max": 2}
+    assert stats["image_sources"] == {"merchant": 2, "customer": 1}
+    assert stats["attributes"]["colour"] == {"distinct": 1, "coverage": 0.5, "top": [["Red", 1]]}
+    assert stats["category"]["nodes_per_level"] == [2, 1]
+    assert stats["image_files"]["by_kind"] == {"missing image": 1}
+    assert "catalog.jsonl:3: malformed row: invalid JSON" in result.stderr
+
+
+def test_stats_text_and_missing_file(tmp_path):
+    result = run("stats", write_small_catalog(tmp_path))
+    assert result.exit_code == 0
+    assert "2 products, 3 images (per product min 1, mean 1.50, max 2)" in result.stdout
+    assert "nodes per level [2, 1]" in result.stdout
+    assert "unusable image files: 1" in result.stdout and "images/a2.jpg: no such file" in result.stdout
+
+    result = run("stats", tmp_path / "nope.jsonl")
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file"
