@@ -58,6 +58,61 @@ def _split_words(text: str) -> tuple[str, ...]:
     return tuple(word.strip() for word in text.split(",") if word.strip())
 
 
+@app.command("synth")
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write catalog.jsonl and images/ into."),
+    products: int = typer.Option(1000, "--products", "-n", min=1, help="How many products."),
+    seed: int = typer.Option(0, "--seed", help="Same seed and settings, same bytes."),
+    views: int = typer.Option(3, "--views", min=1, help="Images per product: a merchant shot, then customer shots."),
+    image_size: int = typer.Option(224, "--image-size", help="Side of the square images, in pixels."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: one per CPU)."),
+) -> None:
+    """Generate the built-in synthetic catalog: drawn products with brand marks, patterns and confounders."""
+    with user_errors():
+        from catalogclip.catalog.synth import generate_catalog
+
+        path = generate_catalog(out, products, seed, views, image_size, workers)
+    print(f"wrote {products} products ({products * views} images) to {path}")
+
+
+@app.command("split")
+def split(
+    file: Path = typer.Argument(..., help="A canonical catalog JSONL."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, test.jsonl and split.json."),
+    by: str = typer.Option("product", "--by", help="product: hold out random products; leaf: whole leaf categories."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the products held out for test."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same split."),
+) -> None:
+    """Split a catalog by product (never by image) into DIR/train.jsonl and DIR/test.jsonl."""
+    with user_errors():
+        from catalogclip.catalog.schema import write_jsonl
+        from catalogclip.catalog.splits import make_split
+
+        catalog = _load_catalog(file)
+        try:
+            result = make_split(catalog, by, test_fraction, seed)
+        except ValueError as exc:
+            raise UserError(f"{file}: {exc}") from None
+        write_jsonl(result.train, out / "train.jsonl")
+        write_jsonl(result.test, out / "test.jsonl")
+        result.save(out / "split.json")
+    print(f"train {len(result.train)} / test {len(result.test)} products (by {by}, seed {seed}) -> {out}")
+
+
+def _load_catalog(file: Path):
+    """Read a canonical catalog, reporting skipped rows on stderr."""
+    from catalogclip.catalog.problems import ProblemLog
+    from catalogclip.catalog.schema import read_jsonl
+
+    if not file.is_file():
+        raise UserError(f"{file}: no such file")
+    problems = ProblemLog()
+    catalog = read_jsonl(file, problems)
+    if problems:
+        problems.report(out=sys.stderr)
+    return catalog
+
+
 @app.command("stats")
 def stats(
     file: Path = typer.Argument(..., help="A canonical catalog JSONL."),

@@ -116,7 +116,8 @@ def compose_title(spec: ProductSpec, rng: random.Random) -> str:
 
 def compose_description(spec: ProductSpec, rng: random.Random) -> str:
     leaf = spec.category
-    sentences = [f"A {spec.material.lower()} {leaf.noun.lower()} in {spec.colour.lower()}"
+    article = "A pair of" if leaf.pair else "A"
+    sentences = [f"{article} {spec.material.lower()} {leaf.noun.lower()} in {spec.colour.lower()}"
                  f"{PATTERN_PHRASES[spec.pattern]}."]
     if spec.print:
         sentences.append(rng.choice(["Printed with a {w} on the front.", "Features a {w} graphic.",

@@ -58,6 +58,7 @@ class Leaf:
     genders: tuple[str, ...] = APPAREL_GENDERS
     patterns: tuple[str, ...] = PATTERNS
     print_at: tuple[float, float, float] | None = None  # centre x, y and size of a print motif
+    pair: bool = False  # the noun is plural ("Jeans"): text says "a pair of"
 
     @property
     def name(self) -> str:
@@ -102,6 +103,7 @@ LEAVES: tuple[Leaf, ...] = (
                         (0.15, 0.97))),),
         details=(_line((0.22, 0.1), (0.78, 0.1)), _line((0.5, 0.1), (0.5, 0.3))),
         logo_at=(0.32, 0.18), materials=("Denim",),
+        pair=True,
     ),
     Leaf(
         ("Apparel", "Bottomwear", "Shorts"), "Shorts",
@@ -109,6 +111,7 @@ LEAVES: tuple[Leaf, ...] = (
                         (0.07, 0.78))),),
         details=(_line((0.16, 0.28), (0.84, 0.28)),),
         logo_at=(0.28, 0.62), materials=("Denim", "Cotton"),
+        pair=True,
     ),
     Leaf(
         ("Apparel", "Dresses"), "Dress",
@@ -124,12 +127,14 @@ LEAVES: tuple[Leaf, ...] = (
         details=(Detail(("rrect", (0.02, 0.7, 0.98, 0.8), 0.03), "light"),
                  _line((0.5, 0.3), (0.58, 0.44)), _line((0.44, 0.33), (0.52, 0.46))),
         logo_at=(0.3, 0.56), materials=("Mesh", "Leather", "Canvas"),
+        pair=True,
     ),
     Leaf(
         ("Footwear", "Shoes", "Boots"), "Boots",
         body=(("poly", ((0.24, 0.08), (0.56, 0.08), (0.58, 0.54), (0.9, 0.68), (0.93, 0.84), (0.22, 0.84))),),
         details=(Detail(("rrect", (0.2, 0.84, 0.95, 0.93), 0.02), "dark"), _line((0.24, 0.16), (0.56, 0.16))),
         logo_at=(0.4, 0.4), materials=("Leather", "Suede"),
+        pair=True,
     ),
     Leaf(
         ("Accessories", "Bags", "Backpacks"), "Backpack",
@@ -167,6 +172,7 @@ LEAVES: tuple[Leaf, ...] = (
               ("rrect", (0.08, 0.46, 0.3, 0.86), 0.08), ("rrect", (0.7, 0.46, 0.92, 0.86), 0.08)),
         details=(Detail(("rrect", (0.12, 0.52, 0.26, 0.8), 0.05), "dark"),),
         logo_at=(0.81, 0.66), materials=("Plastic", "Aluminium"), genders=("Unisex",), patterns=("solid",),
+        pair=True,
     ),
 )
 LEAF_BY_NAME: dict[str, Leaf] = {leaf.name: leaf for leaf in LEAVES}
