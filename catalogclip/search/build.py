@@ -1,0 +1,200 @@
+"""Build or update an index from a catalog with any `Encoder`.
+
+Images are embedded in batches with a progress bar. Finished shards of vectors are kept in a
+work folder beside the index (``.IDX.embedding/``), so an interrupted build resumes where it
+stopped; the work folder is removed once the index is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, _relative_path
+from catalogclip.embeddings import Encoder
+from catalogclip.io import atomic_path, atomic_write_json
+from catalogclip.search.index import ProductIndex, check_replaceable
+from catalogclip.search.vectors import VectorParams
+from catalogclip.train.data import load_rgb
+
+SHARD_SIZE = 1024
+
+
+def work_folder(index_path: str | Path) -> Path:
+    index_path = Path(index_path)
+    return index_path.with_name(f".{index_path.name}.embedding")
+
+
+def _image_refs(products: Sequence[Product]) -> list[tuple[int, int]]:
+    return [(p, i) for p, product in enumerate(products) for i in range(len(product.images))]
+
+
+def _plan(encoder: Encoder, catalog: Catalog, refs: list[tuple[int, int]], shard_size: int) -> dict:
+    """What a work folder's shards were made from; a mismatch means they cannot be reused."""
+    digest = hashlib.sha256()
+    for p, i in refs:
+        digest.update(f"{catalog.image_path(catalog.products[p].images[i])}\n".encode())
+    return {"model_id": encoder.model_id, "images": len(refs), "digest": digest.hexdigest(), "shard_size": shard_size}
+
+
+def _load(path: Path) -> Image.Image | str:
+    """The RGB image, or the reason it cannot be read."""
+    try:
+        return load_rgb(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return f"cannot decode: {exc}"
+
+
+def embed_images(
+    encoder: Encoder,
+    catalog: Catalog,
+    work_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    shard_size: int = SHARD_SIZE,
+    problems: ProblemLog | None = None,
+    progress: bool = True,
+    workers: int = 2,
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Vectors of every readable image and their (product number, image number) refs.
+
+    Unreadable images are logged as "broken image" and left out. Shards already in `work_dir`
+    from the same encoder and image list are reused, so a second call after an interruption
+    only embeds what is missing.
+    """
+    problems = problems if problems is not None else ProblemLog()
+    work_dir = Path(work_dir)
+    refs = _image_refs(catalog.products)
+    plan = _plan(encoder, catalog, refs, shard_size)
+    plan_path = work_dir / "plan.json"
+    if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_path, plan)
+
+    vectors, kept = [], []
+    with tqdm(total=len(refs), desc="embed images", unit="img", disable=not progress) as bar, ThreadPoolExecutor(workers) as pool:
+        for shard_no, start in enumerate(range(0, len(refs), shard_size)):
+            shard_refs = refs[start : start + shard_size]
+            shard_path = work_dir / f"shard-{shard_no:06d}.npz"
+            if not shard_path.exists():
+                _embed_shard(encoder, catalog, shard_refs, shard_path, batch_size, pool, bar)
+            else:
+                bar.update(len(shard_refs))
+            with np.load(shard_path) as shard:
+                ok = shard["ok"]
+                vectors.append(shard["vectors"])
+                for ref, good, error in zip(shard_refs, ok, shard["errors"]):
+                    if good:
+                        kept.append(ref)
+                    else:
+                        problems.add("broken image", catalog.image_path(catalog.products[ref[0]].images[ref[1]]), None, str(error))
+    dim = encoder.dim
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), kept
+
+
+def _embed_shard(encoder: Encoder, catalog: Catalog, refs, shard_path: Path, batch_size: int, pool, bar) -> None:
+    paths = [catalog.image_path(catalog.products[p].images[i]) for p, i in refs]
+    loaded = list(pool.map(_load, paths))
+    ok = np.array([not isinstance(x, str) for x in loaded], dtype=bool)
+    images = [x for x in loaded if not isinstance(x, str)]
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(np.asarray(encoder.encode_images(images[start : start + batch_size]), dtype=np.float32))
+        bar.update(min(batch_size, len(images) - start))
+    bar.update(int((~ok).sum()))
+    vectors = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+    errors = np.array([x if isinstance(x, str) else "" for x in loaded], dtype=str)
+    with atomic_path(shard_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, vectors=vectors, ok=ok, errors=errors)
+
+
+def _searchable(catalog: Catalog, vectors: np.ndarray, refs: list[tuple[int, int]], problems: ProblemLog):
+    """Drop products none of whose images could be embedded; renumber refs to the kept ones."""
+    has_vector = {p for p, _ in refs}
+    kept = [p for p in range(len(catalog)) if p in has_vector]
+    for p in sorted(set(range(len(catalog))) - has_vector):
+        problems.add("unsearchable product", catalog.root, None, f"product '{catalog.products[p].id}' has no readable image; left out")
+    new_number = {old: new for new, old in enumerate(kept)}
+    return [catalog.products[p] for p in kept], vectors, [(new_number[p], i) for p, i in refs]
+
+
+@dataclass
+class BuildOptions:
+    kind: str = "auto"
+    params: VectorParams | None = None
+    batch_size: int = 32
+    progress: bool = True
+    run: str | None = None
+    config: Mapping | None = None
+
+
+def build_index(
+    encoder: Encoder, catalog: Catalog, out: str | Path, options: BuildOptions | None = None, problems: ProblemLog | None = None
+) -> ProductIndex:
+    """Embed every product image of `catalog` and write a new index at `out` (atomically)."""
+    options = options or BuildOptions()
+    problems = problems if problems is not None else ProblemLog()
+    check_replaceable(out)  # before the long part, not after it
+    work = work_folder(out)
+    vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
+    products, vectors, refs = _searchable(catalog, vectors, refs, problems)
+    products = [_rebased(p, catalog, catalog.root) for p in products]  # as `update_index` compares them
+    index = ProductIndex.build(
+        out, products, vectors, refs,
+        model_id=encoder.model_id, catalog_root=catalog.root, run=options.run, config=options.config,
+        kind=options.kind, params=options.params,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return index
+
+
+@dataclass
+class UpdateSummary:
+    added: int
+    changed: int
+    deleted: int
+    unchanged: int
+
+    def __str__(self) -> str:
+        return f"{self.added} added, {self.changed} changed, {self.deleted} deleted, {self.unchanged} unchanged"
+
+
+def update_index(
+    encoder: Encoder, catalog: Catalog, index: ProductIndex, options: BuildOptions | None = None, problems: ProblemLog | None = None
+) -> UpdateSummary:
+    """Make `index` hold exactly `catalog`'s products, embedding only new and changed ones."""
+    options = options or BuildOptions()
+    problems = problems if problems is not None else ProblemLog()
+    index.check_model(encoder.model_id, encoder.dim)
+    stored = {p.id: p.to_json() for p in index.store.iter_products()}
+    current = [_rebased(p, catalog, index.catalog_root) for p in catalog]
+    fresh = [p for p in current if stored.get(p.id) != p.to_json()]
+    gone = [pid for pid in stored if pid not in {p.id for p in current}]
+    to_embed = Catalog(fresh, index.catalog_root)
+    work = work_folder(index.path)
+    vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
+    products, vectors, refs = _searchable(to_embed, vectors, refs, problems)
+    index.delete(gone + [p.id for p in fresh])
+    index.add(products, vectors, refs)
+    index.commit()
+    shutil.rmtree(work, ignore_errors=True)
+    changed = sum(p.id in stored for p in fresh)
+    return UpdateSummary(len(fresh) - changed, changed, len(gone), len(current) - len(fresh))
+
+
+def _rebased(product: Product, catalog: Catalog, root: Path) -> Product:
+    """The product with image paths relative to `root` (the index's catalog folder) where possible."""
+    root = Path(root).resolve()
+    images = [ImageRef(_relative_path(catalog.image_path(im), root), im.source, im.bbox) for im in product.images]
+    return replace(product, images=images)

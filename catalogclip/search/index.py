@@ -1,0 +1,321 @@
+"""A product search index: image vectors in FAISS plus product metadata in SQLite.
+
+On disk an index is a folder::
+
+    IDX/meta.sqlite          products, vector ids, filter tables, info (model, run, config, kind)
+    IDX/vectors-<gen>.faiss  the vectors; <gen> is the generation recorded in meta.sqlite
+
+Every image of a product is one vector; a product scores as its best-matching image. A build is
+written to a temporary folder and swapped in whole; an update (add / delete products) writes a
+new vector file, then commits the metadata that names it in one SQLite transaction, so a crash
+leaves the previous state readable. The index records the model that made its vectors and
+refuses queries from any other.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from catalogclip.catalog.schema import Catalog, Product
+from catalogclip.io import atomic_path
+from catalogclip.search.query import CATEGORY_SEP, Filter, QueryError, parse_filters
+from catalogclip.search.store import MetadataStore
+from catalogclip.search.vectors import VectorIndex, VectorParams
+
+FORMAT_VERSION = 1
+META_FILE = "meta.sqlite"
+
+
+class IncompatibleModelError(ValueError):
+    """The query comes from a model other than the one the index was built with."""
+
+
+@dataclass
+class Hit:
+    product: Product
+    score: float
+    image: int  # which of the product's images matched best
+
+    def to_json(self) -> dict:
+        return {"id": self.product.id, "score": round(self.score, 6), "image": self.image, "product": self.product.to_json()}
+
+
+def _vector_file(generation: int) -> str:
+    return f"vectors-{generation}.faiss"
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class ProductIndex:
+    def __init__(self, path: Path, store: MetadataStore, vectors: VectorIndex, catalog_root: Path | None = None) -> None:
+        self.path = path
+        self.store = store
+        self.vectors = vectors
+        self.info = store.info()
+        self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
+        self._refresh()
+
+    # --- opening and building -----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, catalog_root: str | Path | None = None) -> "ProductIndex":
+        """Open an index; `catalog_root` overrides where product images are looked up."""
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not a search index (no {META_FILE}; build one with `catalogclip index`)")
+        store = MetadataStore(path / META_FILE)
+        info = store.info()
+        if info.get("format") != FORMAT_VERSION:
+            store.close()
+            raise ValueError(f"{path}: index format {info.get('format')} is not {FORMAT_VERSION}; rebuild it with `catalogclip index`")
+        vectors = VectorIndex.load(path / _vector_file(info["generation"]), info["kind"], info["params"])
+        return cls(path, store, vectors, Path(catalog_root) if catalog_root else None)
+
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        products: Sequence[Product],
+        vectors: np.ndarray,
+        refs: Sequence[tuple[int, int]],
+        *,
+        model_id: str,
+        catalog_root: str | Path,
+        run: str | None = None,
+        config: Mapping | None = None,
+        kind: str = "auto",
+        params: VectorParams | None = None,
+    ) -> "ProductIndex":
+        """Build an index of `products`; row r of `vectors` is image refs[r] = (product number,
+        image number). The folder appears complete or not at all."""
+        path = Path(path)
+        vectors = _normalise(vectors)
+        if len(vectors) != len(refs):
+            raise ValueError(f"{len(vectors)} vectors but {len(refs)} image references")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            store = MetadataStore(tmp / META_FILE)
+            index = VectorIndex.build(vectors, kind, params)
+            store.set_info(
+                format=FORMAT_VERSION,
+                model_id=model_id,
+                dim=int(vectors.shape[1]),
+                kind=index.kind,
+                params=index.params.to_json(),
+                run=run,
+                config=dict(config or {}),
+                catalog_root=str(Path(catalog_root).resolve()),
+                built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                generation=0,
+            )
+            built = cls(tmp, store, index)
+            built._store_products(products, np.arange(len(refs)), refs)
+            built.commit()
+            store.close()
+            _replace_folder(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- what it holds ------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.info["model_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def check_model(self, model_id: str, dim: int) -> None:
+        """Raise IncompatibleModelError unless queries from this model can search this index."""
+        if model_id != self.model_id or dim != self.dim:
+            run = self.info.get("run") or "unknown run"
+            raise IncompatibleModelError(
+                f"index {self.path} was built with model '{self.model_id}' (dim {self.dim}, run {run}); "
+                f"queries come from model '{model_id}' (dim {dim}): query it with the run it was built "
+                f"with, or rebuild it with `catalogclip index --run <run>`"
+            )
+
+    def product(self, product_id: str) -> Product:
+        found = self.store.product(product_id)
+        if found is None:
+            raise KeyError(f"no product '{product_id}' in index {self.path}")
+        return found[1]
+
+    def image_file(self, product: Product, image: int) -> Path:
+        if not 0 <= image < len(product.images):
+            raise KeyError(f"product '{product.id}' has no image {image} (it has {len(product.images)})")
+        return Catalog([], self.catalog_root).image_path(product.images[image])
+
+    def product_vector(self, product_id: str) -> np.ndarray:
+        """The mean of a product's image vectors, normalised: its query vector for "similar"."""
+        found = self.store.product(product_id)
+        if found is None:
+            raise KeyError(f"no product '{product_id}' in index {self.path}")
+        vids = [v for v, _ in self.store.vectors_of(found[0])]
+        return _normalise(self.vectors.reconstruct(np.asarray(vids)).mean(axis=0))
+
+    def facets(self) -> dict[str, dict]:
+        return self.store.facets()
+
+    def category_tree(self) -> list[dict]:
+        """Nested [{"name", "path", "count", "children"}], counting products under each node."""
+        root: dict = {"children": {}}
+        for path, count in self.store.category_counts().items():
+            node = root
+            for name in path.split(CATEGORY_SEP):
+                node = node["children"].setdefault(name, {"name": name, "children": {}})
+            node.update(path=path, count=count)
+
+        def listed(node: dict) -> list[dict]:
+            return [{**child, "children": listed(child)} for child in node["children"].values()]
+
+        return listed(root)
+
+    def parse_filters(self, raw: Mapping | None) -> list[Filter]:
+        """Validate user filters against this index's fields (QueryError names the bad one)."""
+        filters = parse_filters(raw, self._fields)
+        for clause in filters:
+            if clause.is_range and not self._fields.get(clause.field):
+                raise QueryError(f"filter '{clause.field}' has non-numeric values: give values, not a range")
+        return filters
+
+    # --- search -------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[Hit]:
+        """The k products whose best image scores highest against a query vector."""
+        query = _normalise(np.asarray(query, dtype=np.float32).reshape(-1))
+        if query.shape[0] != self.dim:
+            raise IncompatibleModelError(f"query vector has dimension {query.shape[0]}, index {self.path} has {self.dim}")
+        allowed = self._allowed(filters, exclude)
+        # a product owns at most `_max_images` vectors, so this many vectors hold the top k products
+        scores, vids = self.vectors.search(query, k * self._max_images, allowed)
+        best: dict[int, tuple[float, int]] = {}
+        for score, vid in zip(scores.tolist(), vids.tolist()):
+            best.setdefault(int(self._vector_rows[vid]), (score, vid))
+        top = list(best.items())[:k]
+        products = self.store.products_by_row(row for row, _ in top)
+        images = self.store.image_of(vid for _, (_, vid) in top)
+        return [Hit(products[row], score, images[vid]) for row, (score, vid) in top]
+
+    def _allowed(self, filters: Sequence[Filter], exclude: str | None) -> np.ndarray | None:
+        """Bool mask over vector ids that a search may return (None: every vector)."""
+        live = self._vector_rows >= 0
+        if not filters and exclude is None:
+            return None if live.all() else live
+        n_rows = int(self._vector_rows.max(initial=-1)) + 2  # the last slot stays False for row -1
+        keep = np.ones(n_rows, dtype=bool)
+        keep[-1] = False
+        for clause in filters:
+            selected = np.zeros(n_rows, dtype=bool)
+            selected[self.store.rows_matching(clause)] = True
+            keep &= selected
+        if exclude is not None:
+            found = self.store.product(exclude)
+            if found is not None:
+                keep[found[0]] = False
+        return keep[self._vector_rows]
+
+    # --- updates ------------------------------------------------------------------------------
+    def add(self, products: Sequence[Product], vectors: np.ndarray, refs: Sequence[tuple[int, int]]) -> None:
+        """Add products (replacing any with the same id); visible after `commit`."""
+        if len(vectors) != len(refs):
+            raise ValueError(f"{len(vectors)} vectors but {len(refs)} image references")
+        vectors = _normalise(vectors)
+        if len(refs) and vectors.shape[1] != self.dim:
+            raise IncompatibleModelError(f"vectors have dimension {vectors.shape[1]}, index {self.path} has {self.dim}")
+        self.delete(p.id for p in products)
+        self._store_products(products, self.vectors.add(vectors), refs)
+
+    def delete(self, product_ids) -> int:
+        """Remove products by id (unknown ids are ignored); returns how many were removed."""
+        removed = 0
+        for product_id in product_ids:
+            vids = self.store.delete_product(product_id)
+            if vids is not None:
+                self._vector_rows[vids] = -1
+                removed += 1
+        return removed
+
+    def commit(self) -> None:
+        """Write the vectors under a new generation, then commit the metadata naming it."""
+        live = self._vector_rows >= 0
+        if self.vectors.ntotal and live.sum() < self.vectors.ntotal / 2:  # mostly tombstones: compact
+            self.vectors, mapping = self.vectors.compacted(live)
+            self.store.renumber_vectors(mapping)
+        old, new = self.info["generation"], self.info["generation"] + 1
+        with atomic_path(self.path / _vector_file(new)) as tmp:
+            self.vectors.save(tmp)
+        try:
+            self.store.set_info(generation=new, products=self.store.count(), vectors=int(live.sum()))
+            self.store.commit()
+        except BaseException:
+            (self.path / _vector_file(new)).unlink(missing_ok=True)
+            raise
+        (self.path / _vector_file(old)).unlink(missing_ok=True)
+        self.info = self.store.info()
+        self._refresh()
+
+    def _store_products(self, products: Sequence[Product], vids: np.ndarray, refs: Sequence[tuple[int, int]]) -> None:
+        per_product: dict[int, list[tuple[int, int]]] = {}
+        for vid, (product_no, image_no) in zip(vids.tolist(), refs):
+            per_product.setdefault(product_no, []).append((vid, image_no))
+        grown = np.full(self.vectors.ntotal, -1, dtype=np.int64)
+        grown[: len(self._vector_rows)] = self._vector_rows
+        for product_no, product in enumerate(products):
+            pairs = per_product.get(product_no, [])
+            row = self.store.add_product(product, pairs)
+            grown[[v for v, _ in pairs]] = row
+        self._vector_rows = grown
+        self._max_images = self._count_max_images()
+
+    def _refresh(self) -> None:
+        self._vector_rows = self.store.vector_rows(self.vectors.ntotal)
+        self._fields = self.store.fields()
+        self._max_images = self._count_max_images()
+
+    def _count_max_images(self) -> int:
+        live = self._vector_rows[self._vector_rows >= 0]
+        return max(1, int(np.bincount(live).max(initial=0))) if len(live) else 1
+
+
+def check_replaceable(target: str | Path) -> None:
+    """An index may be written at `target` only if nothing or an older index is there."""
+    target = Path(target)
+    if target.exists() and not (target / META_FILE).is_file():
+        raise FileExistsError(f"{target} exists and is not a search index; refusing to replace it")
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move a finished folder onto `target`, replacing an existing index (never anything else)."""
+    check_replaceable(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["Hit", "IncompatibleModelError", "ProductIndex", "check_replaceable"]
