@@ -1,0 +1,197 @@
+// The search page: plain JavaScript over the service's JSON API, no framework.
+"use strict";
+
+const K = 24;
+const state = { query: null, filters: {} };  // query: {kind: "text"|"image"|"category"|"similar", value}
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);  // strings become text nodes: no HTML injection
+  return node;
+}
+
+async function api(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function filtersParam() {
+  return Object.keys(state.filters).length ? JSON.stringify(state.filters) : "";
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+// --- running a query ---------------------------------------------------------------------------
+async function run() {
+  const q = state.query;
+  if (!q) return;
+  const params = new URLSearchParams({ k: K });
+  if (filtersParam()) params.set("filters", filtersParam());
+  $("results").classList.add("loading");
+  try {
+    let body;
+    if (q.kind === "text") {
+      params.set("q", q.value);
+      body = await api(`/search?${params}`);
+    } else if (q.kind === "category") {
+      params.set("path", q.value);
+      body = await api(`/category?${params}`);
+    } else if (q.kind === "similar") {
+      body = await api(`/products/${encodeURIComponent(q.value)}/similar?${params}`);
+    } else {
+      const form = new FormData();
+      form.append("file", q.value);
+      form.append("k", K);
+      if (filtersParam()) form.append("filters", filtersParam());
+      body = await api("/search/image", { method: "POST", body: form });
+    }
+    showError("");
+    render(body);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    $("results").classList.remove("loading");
+  }
+}
+
+function describe(q) {
+  if (q.kind === "text") return `“${q.value}”`;
+  if (q.kind === "category") return q.value;
+  if (q.kind === "similar") return `products like ${q.value}`;
+  return "your image";
+}
+
+function render(body) {
+  const n = body.results.length;
+  $("status").textContent = `${n} result${n === 1 ? "" : "s"} for ${describe(state.query)} · ${body.took_ms} ms`;
+  const entities = body.entities || [];
+  $("entities").hidden = entities.length === 0;
+  $("entities").replaceChildren(
+    el("span", { class: "label" }, "Understood:"),
+    ...entities.map((e) =>
+      el("button", {
+        class: "chip", type: "button", "data-group": e.group, title: `filter on ${e.group} = ${e.value}`,
+        onclick: () => toggleFilter(e.group, e.value, true),
+      }, el("small", {}, e.group), ` ${e.value}`)
+    )
+  );
+  $("results").replaceChildren(...body.results.map(card));
+  if (n === 0) $("results").append(el("p", { class: "empty" }, "Nothing matches. Try fewer filters."));
+}
+
+function card(p) {
+  const attrs = Object.entries(p.attributes).filter(([k]) => k !== "price").slice(0, 3);
+  return el("article", { class: "card", "data-id": p.id },
+    el("div", { class: "thumb" }, el("img", { src: p.image_url, alt: p.title, loading: "lazy" })),
+    el("div", { class: "body" },
+      el("h3", {}, p.title),
+      el("p", { class: "path" }, p.category_path.join(" › ")),
+      el("p", { class: "attrs" }, attrs.map(([, v]) => v).join(" · ")),
+      el("div", { class: "foot" },
+        p.attributes.price ? el("span", { class: "price" }, p.attributes.price) : el("span"),
+        el("span", { class: "score", title: "similarity" }, p.score.toFixed(3)),
+        el("button", { class: "link", type: "button", onclick: () => search({ kind: "similar", value: p.id }) }, "similar"),
+      ),
+    ),
+  );
+}
+
+function search(query) {
+  state.query = query;
+  $("query-image").hidden = query.kind !== "image";
+  if (query.kind !== "text") $("q").value = "";
+  if (query.kind !== "image") $("image-input").value = "";
+  for (const node of document.querySelectorAll("#tree .node")) node.classList.toggle("active", query.kind === "category" && node.dataset.path === query.value);
+  run();
+}
+
+// --- filters -----------------------------------------------------------------------------------
+function toggleFilter(field, value, on) {
+  const values = new Set(state.filters[field] || []);
+  if (on) values.add(value); else values.delete(value);
+  if (values.size) state.filters[field] = [...values]; else delete state.filters[field];
+  syncFacetInputs();
+  run();
+}
+
+function setRange(field, bound, text) {
+  const range = { ...(state.filters[field] || {}) };
+  if (text === "") delete range[bound]; else range[bound] = Number(text);
+  if (Object.keys(range).length) state.filters[field] = range; else delete state.filters[field];
+  syncFacetInputs();
+  run();
+}
+
+function syncFacetInputs() {
+  for (const box of document.querySelectorAll("#facets input[type=checkbox]")) {
+    box.checked = (state.filters[box.dataset.field] || []).some((v) => v.toLowerCase() === box.value.toLowerCase());
+  }
+  $("clear-filters").hidden = Object.keys(state.filters).length === 0;
+}
+
+function facet(field, info) {
+  const box = el("details", { class: "facet", open: "" }, el("summary", {}, field));
+  if (info.type === "range") {
+    const input = (bound, placeholder) => el("input", {
+      type: "number", step: "any", placeholder, "data-field": field, "data-bound": bound,
+      onchange: (event) => setRange(field, bound, event.target.value),
+    });
+    box.append(el("div", { class: "range" }, input("min", `min ${info.min}`), "–", input("max", `max ${info.max}`)));
+  } else {
+    for (const { value, count } of info.values.slice(0, 12)) {
+      box.append(el("label", { class: "option" },
+        el("input", { type: "checkbox", value, "data-field": field, onchange: (event) => toggleFilter(field, value, event.target.checked) }),
+        el("span", {}, value), el("small", {}, String(count))));
+    }
+  }
+  return box;
+}
+
+function treeNodes(nodes) {
+  return el("ul", {}, ...nodes.map((node) => el("li", {},
+    el("button", { class: "node", type: "button", "data-path": node.path, onclick: () => search({ kind: "category", value: node.path }) },
+      node.name, el("small", {}, String(node.count))),
+    node.children.length ? treeNodes(node.children) : "",
+  )));
+}
+
+// --- start -------------------------------------------------------------------------------------
+async function start() {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("q").value.trim();
+    if (value) search({ kind: "text", value }); else showError("Type something to search for.");
+  });
+  $("image-input").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    $("query-image").src = URL.createObjectURL(file);
+    search({ kind: "image", value: file });
+  });
+  $("clear-filters").addEventListener("click", () => {
+    state.filters = {};
+    for (const input of document.querySelectorAll("#facets input[type=number]")) input.value = "";
+    syncFacetInputs();
+    run();
+  });
+  try {
+    const [{ tree }, { facets }] = await Promise.all([api("/category"), api("/facets")]);
+    $("tree").replaceChildren(treeNodes(tree));
+    $("facets").replaceChildren(...Object.entries(facets).map(([field, info]) => facet(field, info)));
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+start();

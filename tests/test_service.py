@@ -1,0 +1,192 @@
+import json
+import struct
+import zlib
+
+import pytest
+from _searchkit import PaletteEncoder, png_bytes, write_catalog
+from fastapi.testclient import TestClient
+
+from catalogclip.catalog.schema import read_jsonl
+from catalogclip.search.build import BuildOptions, build_index
+from catalogclip.search.engine import SearchEngine
+from catalogclip.search.service import MAX_UPLOAD_BYTES, create_app
+
+VOCABS = {"brand": ["Puma", "Diesel"], "colour": ["Black", "Red", "Blue"]}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    return build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), root / "idx", BuildOptions(progress=False))
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    return TestClient(create_app(SearchEngine(index, PaletteEncoder(vocabs=VOCABS))), raise_server_exceptions=False)
+
+
+def colours(body):
+    return [r["attributes"]["colour"] for r in body["results"]]
+
+
+def test_healthz_and_openapi(client):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["products"] == 12 and body["model_id"] == "palette-v1"
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/search", "/search/image", "/category", "/facets", "/products/{product_id}", "/products/{product_id}/similar", "/healthz"):
+        assert path in paths
+    assert "multipart/form-data" in paths["/search/image"]["post"]["requestBody"]["content"]
+
+
+def test_text_search_returns_products_and_recognised_entities(client):
+    response = client.get("/search", params={"q": "black puma shoes", "k": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert colours(body) == ["Black", "Black"]
+    assert [(e["group"], e["value"]) for e in body["entities"]] == [("colour", "Black"), ("brand", "Puma")]
+    first = body["results"][0]
+    assert first["image_url"] == f"/products/{first['id']}/images/0" and first["score"] > 0
+
+
+def test_post_search_with_filters(client):
+    body = client.post("/search", json={"q": "red", "k": 12, "filters": {"brand": "Diesel", "price": {"max": 60}}}).json()
+    assert {r["id"] for r in body["results"]} == {"p01", "p03", "p05"}
+    body = client.get("/search", params={"q": "red", "filters": json.dumps({"colour": ["Blue", "Green"]}), "k": 12}).json()
+    assert sorted(colours(body)) == ["Blue", "Blue", "Green", "Green"]
+
+
+@pytest.mark.parametrize(
+    "request_args, status, message",
+    [
+        (("get", "/search", {"params": {"q": ""}}), 400, "the query is empty"),
+        (("get", "/search", {"params": {"q": "  "}}), 400, "the query is empty"),
+        (("post", "/search", {"json": {"q": ""}}), 400, "the query is empty"),
+        (("get", "/search", {"params": {"q": "x" * 10240}}), 400, "10240 characters long; at most 1000"),
+        (("post", "/search", {"json": {"q": "y" * 10240}}), 400, "10240 characters long"),
+        (("get", "/search", {"params": {"q": "red", "k": 0}}), 422, "k: Input should be greater than or equal to 1"),
+        (("get", "/search", {"params": {"q": "red", "k": "many"}}), 422, "k: Input should be a valid integer"),
+        (("post", "/search", {"json": {"k": 3}}), 422, "q: Field required"),
+        (("post", "/search", {"json": {"q": "red", "k": 500}}), 400, "k must be between 1 and 200"),
+        (("get", "/search", {"params": {"q": "red", "filters": "{brand"}}), 400, "filters is not valid JSON"),
+        (("get", "/search", {"params": {"q": "red", "filters": '{"size": "M"}'}}), 400, "unknown filter field 'size'"),
+        (("post", "/search", {"json": {"q": "red", "filters": {"fabric": "silk"}}}), 400, "unknown filter field 'fabric' (known: brand, category, colour, price)"),
+        (("post", "/search", {"json": {"q": "red", "filters": {"brand": {"min": 1}}}}), 400, "non-numeric values"),
+        (("post", "/search", {"json": {"q": "red", "filters": {"price": {"min": "a"}}}}), 400, "'price.min' must be a number"),
+        (("get", "/products/nope", {}), 404, "no product 'nope'"),
+        (("get", "/products/nope/similar", {}), 404, "no product 'nope'"),
+        (("get", "/products/p00/images/7", {}), 404, "has no image 7"),
+        (("get", "/category", {"params": {"path": ""}}), 400, "the category path is empty"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_message(client, request_args, status, message):
+    method, url, kwargs = request_args
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert client.get("/search", params={"q": "red"}).status_code == 200  # and it keeps serving
+
+
+def test_image_search_by_upload(client):
+    response = client.post("/search/image", files={"file": ("q.png", png_bytes("green"), "image/png")}, data={"k": "2"})
+    assert response.status_code == 200, response.text
+    assert colours(response.json()) == ["Green", "Green"]
+    filtered = client.post(
+        "/search/image",
+        files={"file": ("q.png", png_bytes("green"), "image/png")},
+        data={"k": "5", "filters": json.dumps({"category": "Footwear"})},
+    ).json()
+    assert [r["category_path"][0] for r in filtered["results"]] == ["Footwear"] * 4
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size (a decompression bomb needs no real pixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "files, data, status, message",
+    [
+        ({"file": ("notes.txt", b"hello, not an image", "text/plain")}, {}, 415, "not an image"),
+        ({"file": ("empty.png", b"", "image/png")}, {}, 415, "not an image"),
+        ({"file": ("cut.png", png_bytes("red", 64)[:60], "image/png")}, {}, 415, "cannot be decoded"),
+        ({"file": ("bomb.png", _png_header_claiming(50_000, 50_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
+        ({"file": ("big.png", _png_header_claiming(7_000, 7_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
+        ({"other": ("q.png", png_bytes("red"), "image/png")}, {}, 400, "no file field named 'file'"),
+        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"k": "ten"}, 400, "k must be an integer"),
+        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"filters": '{"nope": 1}'}, 400, "unknown filter field 'nope'"),
+    ],
+)
+def test_bad_uploads_get_a_4xx(client, files, data, status, message):
+    response = client.post("/search/image", files=files, data=data)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_not_multipart_and_huge_uploads_are_refused(client):
+    response = client.post("/search/image", content=b"raw bytes", headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 400 and "no file field named 'file'" in response.json()["detail"]
+    big = b"\xff" * (50 * 1024 * 1024)
+    response = client.post("/search/image", files={"file": ("big.jpg", big, "image/jpeg")})
+    assert response.status_code == 413 and response.json()["detail"] == f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB"
+
+    def chunks():  # no content-length: the limit is enforced while reading
+        for _ in range(12):
+            yield b"\x00" * (1024 * 1024)
+
+    response = client.post("/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413
+    assert client.get("/healthz").status_code == 200
+
+
+def test_category_tree_and_category_query(client):
+    body = client.get("/category").json()
+    assert [(n["name"], n["count"]) for n in body["tree"]] == [("Apparel", 8), ("Footwear", 4)]
+    assert "results" not in body
+    body = client.get("/category", params={"path": "Apparel > Bottomwear", "k": 10}).json()
+    assert body["query"]["category"] == "Apparel > Bottomwear"
+    assert {tuple(r["category_path"]) for r in body["results"]} == {("Apparel", "Bottomwear", "Jeans")}
+    assert len(body["results"]) == 4
+    assert len(client.get("/category", params={"path": "Apparel", "within": "false", "k": 12}).json()["results"]) == 12
+
+
+def test_facets(client):
+    facets = client.get("/facets").json()["facets"]
+    assert set(facets) == {"brand", "colour", "price"}
+    assert facets["price"] == {"type": "range", "min": 10.0, "max": 120.0}
+    assert {v["value"]: v["count"] for v in facets["colour"]["values"]} == {c: 2 for c in ("Red", "Green", "Blue", "Yellow", "Black", "White")}
+
+
+def test_products_images_and_similar(client):
+    body = client.get("/products/p01").json()
+    assert body["id"] == "p01" and body["image_urls"] == ["/products/p01/images/0", "/products/p01/images/1"]
+    image = client.get("/products/p01/images/1")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content[:4] == b"\x89PNG"
+    similar = client.get("/products/p00/similar", params={"k": 3}).json()
+    ids = [r["id"] for r in similar["results"]]
+    assert "p00" not in ids and ids[0] == "p06"  # the other red product
+
+
+def test_web_page_and_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="search-form"' in page.text and "/static/app.js" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_an_index_from_another_model_gets_409_and_the_rest_keeps_working(index):
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder("another-model"))), raise_server_exceptions=False)
+    for response in (
+        client.get("/search", params={"q": "red"}),
+        client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}),
+        client.get("/category", params={"path": "Apparel"}),
+    ):
+        assert response.status_code == 409
+        assert "built with model 'palette-v1'" in response.json()["detail"] and "another-model" in response.json()["detail"]
+    health = client.get("/healthz").json()
+    assert health["status"] == "incompatible model" and "another-model" in health["detail"]
+    assert client.get("/products/p00").status_code == 200
+    assert client.get("/products/p00/similar").status_code == 200
