@@ -136,7 +136,8 @@ def test_other_seed_other_catalog(synth_dir, tmp_path):
     for name, data in _files(other).items():
         if name.startswith("images/"):
             assert data != first[name]
-    assert read_jsonl(other / "catalog.jsonl").products[0].title != read_jsonl(synth_dir / "catalog.jsonl").products[0].title
+    titles = [read_jsonl(folder / "catalog.jsonl").products[0].title for folder in (other, synth_dir)]
+    assert titles[0] != titles[1]
 
 
 @pytest.mark.parametrize(

@@ -211,8 +211,8 @@ def _shell(d: ImageDraw.ImageDraw, cx: float, cy: float, s: float, w: int) -> No
     d.pieslice(box, 200, 340, fill=peach, outline=edge, width=w)
     base = (cx, cy + 0.04 * s)
     for deg in range(205, 340, 22):
-        d.line([base, (cx + 0.44 * s * math.cos(math.radians(deg)), cy + 0.04 * s + 0.44 * s * math.sin(math.radians(deg)))],
-               fill=edge, width=w)
+        angle = math.radians(deg)
+        d.line([base, (base[0] + 0.44 * s * math.cos(angle), base[1] + 0.44 * s * math.sin(angle))], fill=edge, width=w)
     d.rectangle([cx - 0.08 * s, cy + 0.02 * s, cx + 0.08 * s, cy + 0.14 * s], fill=peach, outline=edge, width=w)
 
 

@@ -27,7 +27,9 @@ COLOURS: dict[str, RGB] = {
 PATTERNS = ("solid", "stripes", "checks", "dots")
 PATTERN_WEIGHTS = (0.4, 0.2, 0.2, 0.2)
 PATTERN_ADJECTIVES = {"solid": "Solid", "stripes": "Striped", "checks": "Checked", "dots": "Polka Dot"}
-PATTERN_PHRASES = {"solid": "", "stripes": " with stripes", "checks": " with a checked pattern", "dots": " with polka dots"}
+PATTERN_PHRASES = {
+    "solid": "", "stripes": " with stripes", "checks": " with a checked pattern", "dots": " with polka dots",
+}
 
 # Season is deliberately random and never drawn: a useless attribute group.
 SEASONS = ("Summer", "Winter", "Spring", "Fall")
