@@ -120,3 +120,12 @@ def test_stats_text_and_missing_file(tmp_path):
 
     result = run("stats", tmp_path / "nope.jsonl")
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file"
+
+
+def test_import_brand_stop_words_option(tmp_path):
+    root = write_myntra(tmp_path, ["7,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Nike Dri-FIT Men Red Tee"], ["7"])
+    out = tmp_path / "c.jsonl"
+    assert run("import", "-f", "myntra", root, out).exit_code == 0
+    assert json.loads(out.read_text())["attributes"]["brand"] == "Nike Dri-FIT"
+    assert run("import", "-f", "myntra", root, out, "--brand-stop-words", " Dri-FIT, Men").exit_code == 0
+    assert json.loads(out.read_text())["attributes"]["brand"] == "Nike"

@@ -38,9 +38,10 @@ def import_catalog(
 
         if fmt == "fashiongen" and image_dir is None:
             image_dir = out.parent / "images"
-        options = ReaderOptions(image_dir=image_dir, check_images=check_images or verify_images, verify_images=verify_images)
+        settings = {"image_dir": image_dir, "check_images": check_images or verify_images, "verify_images": verify_images}
         if brand_stop_words is not None:
-            options = ReaderOptions(**{**vars(options), "brand_stop_words": _split_words(brand_stop_words)})
+            settings["brand_stop_words"] = _split_words(brand_stop_words)
+        options = ReaderOptions(**settings)
         problems = ProblemLog()
         catalog = read_catalog(fmt, src, problems, options)
         problems.report(out=sys.stderr)

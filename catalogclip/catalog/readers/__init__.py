@@ -16,7 +16,7 @@ from catalogclip.catalog.readers.base import BRAND_STOP_WORDS, READERS, Reader, 
 from catalogclip.catalog.schema import Catalog, unique_products
 
 # Importing the format modules registers them.
-from catalogclip.catalog.readers import fashiongen, flipkart, jsonl, myntra  # noqa: E402,F401
+from catalogclip.catalog.readers import fashiongen, flipkart, jsonl, myntra  # noqa: F401
 
 
 def read_catalog(
