@@ -146,11 +146,21 @@ def freeze(module: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def weights_fingerprint(*modules: nn.Module) -> str:
-    """A short hash of the modules' parameters and buffers: changes whenever their values do."""
+def extra_options(config: BackboneConfig, defaults: dict) -> dict:
+    """`config.extra` over a backbone's defaults; an unknown key (a typo) is an error, not ignored."""
+    unknown = sorted(set(config.extra) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(f"backbone '{config.spec}': unknown option(s) {', '.join(unknown)} (known: {known})")
+    return {**defaults, **config.extra}
+
+
+def weights_fingerprint(*sources: nn.Module | dict[str, torch.Tensor]) -> str:
+    """A short hash of parameters and buffers (modules or state dicts): changes whenever their values do."""
     digest = hashlib.blake2b(digest_size=8)
-    for module in modules:
-        for name, tensor in module.state_dict().items():
+    for source in sources:
+        state = source.state_dict() if isinstance(source, nn.Module) else source
+        for name, tensor in state.items():
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

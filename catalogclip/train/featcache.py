@@ -1,0 +1,170 @@
+"""On-disk cache of frozen-tower outputs: each image (or text) goes through a frozen tower once.
+
+Layout: ``root/<namespace>/`` per (tower weights + preprocessing, kind), the namespace being a hash
+of the backbone's `feature_id` (or `text_feature_id`) and the kind. Inside, shards of float16 rows:
+
+- ``shard-<id>.npy``: the rows, written atomically;
+- ``shard-<id>.json``: their keys, written atomically *after* the rows.
+
+A shard counts once its ``.json`` exists and agrees with its ``.npy``, so a killed run leaves at
+worst an ignored orphan ``.npy``, never a half-read shard; concurrent writers use distinct shard ids.
+An image's key is its resolved path + size + mtime, so an edited image is recomputed; a text's key
+is the string. The index is an in-memory dict and shards are memory-mapped: lookups stay cheap
+for 100k images. Stale rows (edited images) stay on disk until the namespace folder is deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from catalogclip.io import atomic_path, atomic_write_json
+from catalogclip.models.backbones.base import Backbone
+
+KINDS = ("features", "tokens", "text")
+Item = Path | str
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class FeatureCache:
+    """Cached outputs of a backbone's frozen tower: "features" (B, F) or "tokens" (B, N, C) of images,
+    or "text" features (B, F_txt) of strings; rows are stored and returned as float16."""
+
+    def __init__(self, root: str | Path, backbone: Backbone, kind: str = "features", shard_rows: int = 1024) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown feature cache kind '{kind}' (known: {', '.join(KINDS)})")
+        tower = "text" if kind == "text" else "image"
+        if not (backbone.text_tower_frozen if kind == "text" else backbone.image_tower_frozen):
+            raise ValueError(f"a '{kind}' cache needs a frozen {tower} tower; backbone '{backbone.config.spec}' trains it")
+        self.backbone = backbone
+        self.kind = kind
+        self.shard_rows = shard_rows
+        self.source_id = backbone.text_feature_id if kind == "text" else backbone.feature_id
+        namespace = hashlib.sha256(f"{self.source_id}|{kind}".encode()).hexdigest()[:20]
+        self.folder = Path(root) / namespace
+        self._index: dict[str, tuple[str, int]] = {}
+        self._shards: dict[str, np.ndarray] = {}
+        self.refresh()
+
+    # --- reading ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """(Re)load the index from every complete shard, including other processes' new ones."""
+        for meta_path in sorted(self.folder.glob("shard-*.json")):
+            if meta_path.stem not in self._shards:
+                self._load_shard(meta_path)
+
+    def _load_shard(self, meta_path: Path) -> None:
+        try:
+            keys = json.loads(meta_path.read_text(encoding="utf-8"))["keys"]
+            rows = np.load(meta_path.with_suffix(".npy"), mmap_mode="r")
+        except (OSError, ValueError, KeyError):
+            return  # damaged or incomplete: its items are simply recomputed
+        if rows.shape[0] != len(keys):
+            return
+        self._shards[meta_path.stem] = rows
+        for row, key in enumerate(keys):
+            self._index[key] = (meta_path.stem, row)
+
+    def key(self, item: Item) -> str:
+        if self.kind == "text":
+            return str(item)
+        path = Path(item).resolve()
+        stat = path.stat()
+        return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def missing(self, items: Sequence[Item]) -> list[int]:
+        """Positions of the items that are not cached (yet)."""
+        return [i for i, item in enumerate(items) if self.key(item) not in self._index]
+
+    def get(self, items: Sequence[Item]) -> torch.Tensor | None:
+        """The cached rows of `items` in order, or None when any of them is missing."""
+        locations = [self._index.get(self.key(item)) for item in items]
+        if any(loc is None for loc in locations):
+            return None
+        return self._gather(locations)
+
+    def _gather(self, locations: list[tuple[str, int]]) -> torch.Tensor:
+        if not locations:
+            return torch.empty(0, dtype=torch.float16)
+        first = self._shards[locations[0][0]]
+        out = np.empty((len(locations), *first.shape[1:]), dtype=np.float16)
+        by_shard: dict[str, list[int]] = {}
+        for position, (shard, _) in enumerate(locations):
+            by_shard.setdefault(shard, []).append(position)
+        for shard, positions in by_shard.items():
+            out[positions] = self._shards[shard][[locations[p][1] for p in positions]]
+        return torch.from_numpy(out)
+
+    # --- writing ----------------------------------------------------------------------------
+    def fill(
+        self,
+        items: Sequence[Item],
+        load_fn: Callable[[Path], Image.Image] | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Compute the missing rows in batches (saved shard by shard) and return the rows of all `items`.
+
+        Images are opened with `load_fn` (path -> PIL image) and preprocessed with the backbone's
+        eval transform: cached features never carry train-time augmentation.
+        """
+        if self.kind != "text" and load_fn is None:
+            raise ValueError(f"filling a '{self.kind}' cache needs load_fn (path -> PIL image)")
+        keys = [self.key(item) for item in items]
+        todo = list({key: item for key, item in zip(keys, items) if key not in self._index}.items())
+        pending_keys: list[str] = []
+        pending_rows: list[np.ndarray] = []
+        with tqdm(total=len(todo), desc=f"caching {self.kind}", disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                rows = self._compute([item for _, item in chunk], load_fn)
+                pending_keys += [key for key, _ in chunk]
+                pending_rows.append(rows)
+                if len(pending_keys) >= self.shard_rows:
+                    self._write_shard(pending_keys, np.concatenate(pending_rows))
+                    pending_keys, pending_rows = [], []
+                bar.update(len(chunk))
+        if pending_keys:
+            self._write_shard(pending_keys, np.concatenate(pending_rows))
+        return self._gather([self._index[key] for key in keys])
+
+    @torch.no_grad()
+    def _compute(self, items: list[Item], load_fn: Callable[[Path], Image.Image] | None) -> np.ndarray:
+        backbone = self.backbone
+        with eval_mode(backbone):
+            if self.kind == "text":
+                out = backbone.text_features([str(item) for item in items])
+            else:
+                transform = backbone.image_transform(train=False)
+                images = torch.stack([transform(load_fn(Path(item))) for item in items]).to(backbone.device)
+                out = backbone.image_tokens(images) if self.kind == "tokens" else backbone.image_features(images)
+        return out.float().cpu().numpy().astype(np.float16)
+
+    def _write_shard(self, keys: list[str], rows: np.ndarray) -> None:
+        name = f"shard-{uuid.uuid4().hex[:16]}"
+        if not (self.folder / "source.json").exists():
+            atomic_write_json(self.folder / "source.json", {"source": self.source_id, "kind": self.kind})
+        with atomic_path(self.folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, rows)
+        atomic_write_json(self.folder / f"{name}.json", {"keys": keys, "shape": list(rows.shape)})
+        self._load_shard(self.folder / f"{name}.json")
