@@ -369,3 +369,22 @@ def test_read_catalog_rejects_unknown_format_and_missing_source(tmp_path):
         read_catalog("amazon", tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere.csv: no such file"):
         read_catalog("flipkart", tmp_path / "nowhere.csv")
+
+
+def test_csv_level_errors_name_file_and_line(tmp_path):
+    # A field beyond the csv module's size limit: that row alone is skipped, at its own line.
+    rows = NASTY_MYNTRA_ROWS[:1] + ["9,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Puma Men " + "x" * 140_000] + NASTY_MYNTRA_ROWS[1:2]
+    root = write_myntra(tmp_path / "big", rows, ["1", "2", "9"])
+    problems = ProblemLog()
+    assert [p.id for p in read_catalog("myntra", root, problems)] == ["1", "2"]
+    assert [(p.kind, p.line) for p in problems.problems] == [("malformed row", 3)]
+    assert "field larger than field limit" in problems.problems[0].message
+
+    bad = tmp_path / "latin1"
+    bad.mkdir()
+    (bad / "styles.csv").write_bytes((MYNTRA_HEADER + "1,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Garçons Men Tee\n").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"styles\.csv: not UTF-8 text near line \d"):
+        read_catalog("myntra", bad, ProblemLog())
+    (bad / "styles.csv").write_text("")
+    with pytest.raises(ValueError, match=r"styles\.csv: empty file, expected a CSV header"):
+        read_catalog("myntra", bad, ProblemLog())

@@ -49,36 +49,41 @@ EXTRA_FIELDS = "__extra__"
 def csv_rows(path: Path, required: Iterable[str], problems: ProblemLog) -> Iterator[tuple[int, dict]]:
     """(line number, {column: value}) per data row of a UTF-8 CSV file with a header.
 
-    Raises ValueError naming the file and the first missing column. Short rows and rows the
-    csv module cannot parse are logged and skipped.
+    Raises ValueError naming the file and the first missing column, or the line near which
+    the text is not UTF-8. Short rows and rows the csv module cannot parse are logged and skipped.
     """
     with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: spreadsheets often add a BOM
         reader = csv.DictReader(fh, restkey=EXTRA_FIELDS)
         try:
-            header = [name.strip() for name in reader.fieldnames or ()]
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}:1: not UTF-8 text ({exc.reason})") from None
-        if not header:
-            raise ValueError(f"{path}: empty file, expected a CSV header")
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column '{missing[0]}' (found: {', '.join(header)})")
-        reader.fieldnames = header
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                problems.add("malformed row", path, reader.line_num, f"CSV: {exc}")
-                continue
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({exc.reason})") from None
-            if None in row.values():  # DictReader fills a short row's absent fields with None
-                given = sum(value is not None for value in row.values())
-                problems.add("malformed row", path, reader.line_num, f"{given} fields, the header has {len(header)}")
-                continue
-            yield reader.line_num, row
+            yield from _dict_rows(path, reader, required, problems)
+        except UnicodeDecodeError as exc:  # text is decoded in chunks: the line is approximate
+            raise ValueError(f"{path}: not UTF-8 text near line {reader.reader.line_num + 1} ({exc.reason})") from None
+
+
+def _dict_rows(
+    path: Path, reader: csv.DictReader, required: Iterable[str], problems: ProblemLog
+) -> Iterator[tuple[int, dict]]:
+    header = [name.strip() for name in reader.fieldnames or ()]
+    if not header:
+        raise ValueError(f"{path}: empty file, expected a CSV header")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column '{missing[0]}' (found: {', '.join(header)})")
+    reader.fieldnames = header
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # DictReader.line_num is only updated after a good row; its csv reader's is current.
+            problems.add("malformed row", path, reader.reader.line_num, f"CSV: {exc}")
+            continue
+        if None in row.values():  # DictReader fills a short row's absent fields with None
+            given = sum(value is not None for value in row.values())
+            problems.add("malformed row", path, reader.line_num, f"{given} fields, the header has {len(header)}")
+            continue
+        yield reader.line_num, row
 
 
 def resolve_image_dir(options: ReaderOptions, default: Path) -> Path:
