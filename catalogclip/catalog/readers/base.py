@@ -89,3 +89,14 @@ def _dict_rows(
 def resolve_image_dir(options: ReaderOptions, default: Path) -> Path:
     """The image folder from the options, else `default`; absolute so it survives relocation."""
     return (options.image_dir if options.image_dir is not None else default).resolve()
+
+
+def category_path(levels: Iterable[str | None]) -> list[str]:
+    """The category levels up to the first empty one: a gap would put a node under the wrong parent."""
+    path = []
+    for level in levels:
+        node = (level or "").strip()
+        if not node:
+            break
+        path.append(node)
+    return path

@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source
+from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, category_path
 from catalogclip.catalog.schema import products_from_rows
 
 IMAGES = "input_image"
@@ -66,18 +66,13 @@ def _extract_rows(h5, image_dir: Path) -> dict[str, tuple[int, dict]]:
 
 
 def _raw_product(product_id: str, texts: dict[str, list[str]], categories: list[list[str]], i: int) -> dict:
-    path = []
-    for level in categories:  # category > subcategory, cut at the first empty level
-        if not level[i]:
-            break
-        path.append(level[i])
     return {
         "id": product_id,
         "title": texts["title"][i],
         "description": texts["description"][i],
         "images": [],
         "attributes": {name: texts[name][i] for name in ATTRIBUTE_KEYS if texts[name][i]},
-        "category_path": path,
+        "category_path": category_path(level[i] for level in categories),
     }
 
 

@@ -10,6 +10,7 @@ from catalogclip.catalog.readers.base import (
     READERS,
     ReaderOptions,
     Source,
+    category_path,
     csv_rows,
     resolve_image_dir,
 )
@@ -31,17 +32,6 @@ def brand_from_name(name: str, stop_words: Iterable[str]) -> str:
     return ""
 
 
-def _category_path(row: dict) -> list[str]:
-    """masterCategory > subCategory > articleType, cut at the first empty level."""
-    path = []
-    for column in CATEGORY_COLUMNS:
-        node = (row[column] or "").strip()
-        if not node:
-            break
-        path.append(node)
-    return path
-
-
 def _raw_products(
     csv_path: Path, image_dir: Path, stop_words: tuple[str, ...], problems: ProblemLog
 ) -> Iterator[tuple[int, dict]]:
@@ -56,7 +46,7 @@ def _raw_products(
             "title": name,
             "images": [str(image_dir / f"{product_id}.jpg")],
             "attributes": {k: v for k, v in attributes.items() if v},
-            "category_path": _category_path(row),
+            "category_path": category_path(row[column] for column in CATEGORY_COLUMNS),
         }
 
 
