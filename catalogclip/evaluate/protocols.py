@@ -315,6 +315,9 @@ class ProtocolOptions:
     candidate_lists: CandidateLists | None = None
     #: category nodes of the training catalog; nodes outside it are reported as "unseen"
     seen_categories: set[str] | None = None
+    #: `product` protocol: image source of the queries and of the candidates (the gallery)
+    query_source: str = "customer"
+    gallery_source: str = "merchant"
 
 
 PROTOCOLS: Registry[Callable[[Inventory, ProtocolOptions], list[Task]]] = Registry("protocol")
@@ -471,3 +474,7 @@ def candidate_lists_for(inventory: Inventory, options: ProtocolOptions) -> Candi
 def seen_categories(catalog: Catalog | Sequence[Product]) -> set[str]:
     """Every category node of a (training) catalog."""
     return {node for product in catalog for node in category_nodes(product)}
+
+
+# protocols kept in their own modules register on import (at the end: they import this module)
+from catalogclip.evaluate import product_retrieval  # noqa: E402,F401
