@@ -14,11 +14,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, Product
+from catalogclip.catalog.schema import Catalog, ImageRef, Product
 from catalogclip.embeddings import Embeddings
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import category_nodes, load_rgb
+from catalogclip.train.data import attribute_text, category_nodes, load_rgb
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -30,16 +30,53 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
+def _pixels(method: Method, images: Sequence[Image.Image]) -> torch.Tensor:
+    transform = method.backbone.image_transform(train=False)
+    return torch.stack([transform(im.convert("RGB")) for im in images]).to(method.backbone.device)
+
+
 @torch.no_grad()
 def embed_pil_images(method: Method, images: list[Image.Image], batch_size: int = 64) -> np.ndarray:
-    transform = method.backbone.image_transform(train=False)
-    device = method.backbone.device
     out = []
     for chunk in _chunks(images, batch_size):
-        pixels = torch.stack([transform(im.convert("RGB")) for im in chunk]).to(device)
-        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=pixels)
+        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=_pixels(method, chunk))
         out.append(_numpy(method.embed_images(batch)))
     return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def embed_pil_images_and_features(method: Method, images: list[Image.Image]) -> tuple[np.ndarray, torch.Tensor]:
+    """Image embeddings plus the pooled tower features they came from (for fused product vectors)."""
+    features = method.backbone.image_features(_pixels(method, images))
+    batch = Batch(product_keys=torch.arange(len(images)), texts=[""] * len(images), image_features=features)
+    return _numpy(method.embed_images(batch)), features.float().cpu()
+
+
+def product_image(product: Product) -> ImageRef | None:
+    """The image a fused product vector is made from: the first merchant image, else the first."""
+    return next((im for im in product.images if im.source == "merchant"), next(iter(product.images), None))
+
+
+@torch.no_grad()
+def embed_fused_products(
+    method: Method, products: list[Product], image_features: list[torch.Tensor | None], batch_size: int = 256
+) -> np.ndarray:
+    """`method.embed_products` of each product from the tower features of its `product_image`.
+
+    A product whose image could not be read gets a zero row: it scores 0 against every query.
+    """
+    out = np.zeros((len(products), method.backbone.embed_dim), np.float32)
+    rows = [i for i, features in enumerate(image_features) if features is not None]
+    for chunk in _chunks(rows, batch_size):
+        chosen = [products[i] for i in chunk]
+        batch = Batch(
+            product_keys=torch.arange(len(chunk)),
+            texts=[method.product_text(p) for p in chosen],
+            image_features=torch.stack([image_features[i] for i in chunk]),
+            attribute_texts=[attribute_text(p) for p in chosen],
+        )
+        out[list(chunk)] = _numpy(method.embed_products(batch.to(method.backbone.device)))
+    return out
 
 
 @torch.no_grad()
@@ -83,23 +120,36 @@ def embed_catalog(
     problems: ProblemLog | None = None,
     progress: bool = True,
 ) -> Embeddings:
-    """Embeddings of every readable image, every product's text, and every category node."""
+    """Embeddings of every readable image, every product's text, and every category node.
+
+    Methods with `embed_products` (CLIP-ITA) also get one fused vector per product, made from the
+    tower features of its `product_image` computed in the same pass (no image is encoded twice).
+    """
     problems = problems if problems is not None else ProblemLog()
     method.eval()
+    fused = method.embed_products is not None
     rows = []
     for i, image in catalog.iter_images():
-        rows.append((catalog.products[i].id, image.source, catalog.image_path(image)))
+        rows.append((catalog.products[i].id, image.source, catalog.image_path(image), i, image is product_image(catalog.products[i])))
     vectors, kept = [], []
+    product_features: list[torch.Tensor | None] = [None] * len(catalog)
     for chunk in tqdm(list(_chunks(rows, batch_size)), desc="embed images", unit="batch", disable=not progress):
-        images = []
+        images, loaded = [], []
         for row in chunk:
             try:
                 images.append(load_rgb(row[2]))
-                kept.append(row)
+                loaded.append(row)
             except (OSError, ValueError) as exc:
                 problems.add("broken image", row[2], None, f"cannot decode: {exc}")
-        if images:
+        if images and fused:
+            chunk_vectors, features = embed_pil_images_and_features(method, images)
+            vectors.append(chunk_vectors)
+            for row, row_features in zip(loaded, features):
+                if row[4]:
+                    product_features[row[3]] = row_features
+        elif images:
             vectors.append(embed_pil_images(method, images, batch_size))
+        kept.extend(loaded)
     products = catalog.products
     text = embed_product_texts(method, [method.product_text(p) for p in products], product_entity_ids(method, products))
     categories = catalog_categories(catalog) if categories is None else categories
@@ -112,6 +162,7 @@ def embed_catalog(
         text_product=np.array([p.id for p in products], dtype=str),
         category=embed_category_paths(method, categories),
         category_path=np.array(categories, dtype=str),
+        product=embed_fused_products(method, products, product_features) if fused else None,
         meta={"method": method.name, "backbone": method.backbone.config.spec},
     )
 

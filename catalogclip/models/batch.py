@@ -29,6 +29,9 @@ class Batch:
     categories: list[str] | None = None
     #: (B,) key of each row's sampled category node: rows with equal keys share the category
     category_keys: torch.Tensor | None = None
+    #: every node on each row's product path, root first (["A", "A > B", ...]): a sampled node is a
+    #: positive of every row whose path holds it, not only of rows that sampled the same node
+    category_path_nodes: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -162,6 +162,7 @@ def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, ge
         batch.images = torch.stack([transform(load_rgb(data.image_paths[r])) for r in rows.tolist()])
     if data.categories is not None:
         batch.categories, batch.category_keys = sample_categories(data, products, generator)
+        batch.category_path_nodes = [data.categories[i] for i in products.tolist()]
     if data.attribute_texts is not None:
         batch.attribute_texts = [data.attribute_texts[i] for i in products.tolist()]
     return batch
