@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from catalogclip.search.index import Hit, IncompatibleModelError, ProductIndex
@@ -113,3 +114,28 @@ class SearchEngine:
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
+
+
+def open_engine(
+    index_path: str | Path,
+    run: str | Path | None = None,
+    device: str = "cpu",
+    catalog_root: str | Path | None = None,
+    need_model: bool = True,
+) -> SearchEngine:
+    """An engine over an index, encoding queries with `run` (default: the run that built it).
+
+    With `need_model`, a run other than the index's model is refused here, at once.
+    """
+    from catalogclip.embed import RunEncoder
+    from catalogclip.train.runs import load_run
+
+    index = ProductIndex.open(index_path, catalog_root)
+    run = run or index.info.get("run")
+    if not run:
+        raise ValueError(f"{index_path} does not record the run it was built with; give --run")
+    loaded = load_run(run, device)
+    engine = SearchEngine(index, RunEncoder(method=loaded.method, model_id=loaded.model_id))
+    if need_model and engine.incompatible is not None:
+        raise IncompatibleModelError(engine.incompatible)
+    return engine

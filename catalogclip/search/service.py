@@ -238,4 +238,11 @@ def _jsonable(errors: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "create_app"]
+def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the service until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+
+
+__all__ = ["MAX_UPLOAD_BYTES", "create_app", "serve"]

@@ -1,0 +1,150 @@
+"""`catalogclip index`, `catalogclip search` and `catalogclip serve`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from catalogclip.cli.common import UserError, app, user_errors
+
+
+@app.command()
+def index(
+    run: Path = typer.Option(..., "--run", help="Trained run folder whose model embeds the images."),
+    out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically; see --update)."),
+    catalog: Optional[Path] = typer.Option(None, help="Catalog JSONL to index (default: the run's catalog)."),
+    kind: str = typer.Option("auto", help="auto | flat (exact) | ivf | hnsw; auto is flat up to 100k images, then ivf."),
+    update: bool = typer.Option(False, "--update", help="Update an existing index: embed new and changed products, drop removed ones."),
+    batch_size: int = typer.Option(32, help="Images per model call."),
+    nlist: int = typer.Option(0, help="ivf: number of lists (0: about 4 sqrt(n))."),
+    nprobe: int = typer.Option(0, help="ivf: lists searched per query (0: nlist / 32, at least 8)."),
+    ef_search: int = typer.Option(128, help="hnsw: search breadth."),
+    device: str = typer.Option("cpu"),
+    problems_file: Optional[Path] = typer.Option(None, "--problems", help="Write every problem met to this file."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Embed every product image with a run's model and build a searchable index.
+
+    An interrupted build resumes from the images already embedded when run again.
+    """
+    with user_errors():
+        from catalogclip.catalog.problems import ProblemLog
+        from catalogclip.catalog.schema import read_jsonl
+        from catalogclip.embed import RunEncoder
+        from catalogclip.search.build import BuildOptions, build_index, update_index
+        from catalogclip.search.index import ProductIndex
+        from catalogclip.search.vectors import VectorParams
+        from catalogclip.train.runs import load_run
+
+        loaded = load_run(run, device)
+        problems = ProblemLog()
+        products = read_jsonl(catalog or loaded.config.data.catalog, problems)
+        encoder = RunEncoder(method=loaded.method, model_id=loaded.model_id)
+        options = BuildOptions(
+            kind=kind,
+            params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search),
+            batch_size=batch_size,
+            progress=progress,
+            run=str(run.resolve()),
+            config=loaded.config.to_dict(),
+        )
+        if update:
+            built = ProductIndex.open(out)
+            summary = update_index(encoder, products, built, options, problems)
+            message = f"updated {out}: {summary}"
+        else:
+            built = build_index(encoder, products, out, options, problems)
+            message = f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id})"
+        if problems.problems:
+            problems.report(out=sys.stderr)
+        if problems_file is not None:
+            problems.write(problems_file)
+        typer.echo(message)
+
+
+@app.command()
+def search(
+    index_path: Path = typer.Option(..., "--index", help="Index folder (from `catalogclip index`)."),
+    text: Optional[str] = typer.Argument(None, help="Free-text query."),
+    image: Optional[Path] = typer.Option(None, help="Search with this image instead of text."),
+    category: Optional[str] = typer.Option(None, help='Search with a category path, e.g. "Footwear > Shoes".'),
+    similar: Optional[str] = typer.Option(None, help="Products similar to this product id."),
+    filters: List[str] = typer.Option([], "--filter", "-f", help="FIELD=VALUE, FIELD=A,B, FIELD=MIN..MAX or category=PATH; repeatable."),
+    k: int = typer.Option(10, "-k", help="Number of products."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Search an index from the command line."""
+    with user_errors():
+        from catalogclip.search.engine import open_engine
+        from catalogclip.search.query import parse_filter_args
+
+        given = [q for q in (text, image, category, similar) if q is not None]
+        if len(given) != 1:
+            raise UserError("give exactly one query: TEXT, --image, --category or --similar")
+        parsed = parse_filter_args(filters)
+        engine = open_engine(index_path, run, device, need_model=similar is None)
+        if text is not None:
+            result = engine.search_text(text, k, parsed)
+        elif image is not None:
+            result = engine.search_image(_open_image(image), k, parsed)
+        elif category is not None:
+            result = engine.search_category(category, k, parsed)
+        else:
+            result = engine.similar(similar, k, parsed)
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+        else:
+            _print_table(result)
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc})") from None
+
+
+def _print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if result.entities:
+        console.print("recognised: " + ", ".join(f"{m.group}={m.value}" for m in result.entities))
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("#", "id", "score", "title", "category", "attributes"):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left", overflow="fold")
+    for rank, hit in enumerate(result.hits, start=1):
+        attributes = " · ".join(list(hit.product.attributes.values())[:4])
+        table.add_row(str(rank), hit.product.id, f"{hit.score:.4f}", hit.product.title, hit.product.category(), attributes)
+    console.print(table)
+    console.print(f"{len(result.hits)} results in {result.took_ms:.1f} ms")
+
+
+@app.command()
+def serve(
+    index_path: Path = typer.Option(..., "--index", help="Index folder (from `catalogclip index`)."),
+    run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    catalog_root: Optional[Path] = typer.Option(None, help="Folder the catalog's image paths start from, if it moved."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Serve the search API and web page (http://HOST:PORT/)."""
+    with user_errors():
+        from catalogclip.search.engine import open_engine
+        from catalogclip.search.service import serve as serve_engine
+
+        engine = open_engine(index_path, run, device, catalog_root=catalog_root)
+        typer.echo(f"serving {len(engine.index)} products on http://{host}:{port}/ (API docs: /docs)")
+        serve_engine(engine, host, port)
