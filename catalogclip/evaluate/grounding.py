@@ -55,15 +55,24 @@ def box_from_map(attention: np.ndarray, visible: Box, threshold: float = 0.5, re
     x0, y0, x1, y1 = visible
     scale = MAP_RESOLUTION / max(x1 - x0, y1 - y0)
     size = (max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale)))
-    fine = F.interpolate(torch.as_tensor(attention, dtype=torch.float32)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-    span = fine.max() - fine.min()
-    fine = (fine - fine.min()) / span if span > 0 else np.ones_like(fine)
+    fine = _upsample(attention, size)
     labels, count = ndimage.label(fine >= threshold, structure=np.ones((3, 3)))
-    index = np.arange(1, count + 1)
-    score = ndimage.sum_labels(fine, labels, index) if region == "mass" else ndimage.sum_labels(np.ones_like(fine), labels, index)
-    rows, cols = np.nonzero(labels == index[int(np.argmax(score))])
+    if region == "mass":
+        score = ndimage.sum_labels(fine, labels, np.arange(1, count + 1))
+    else:
+        score = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    rows, cols = np.nonzero(labels == 1 + int(np.argmax(score)))
     sx, sy = (x1 - x0) / size[1], (y1 - y0) / size[0]
-    return (x0 + cols.min() * sx, y0 + rows.min() * sy, x0 + (cols.max() + 1) * sx, y0 + (rows.max() + 1) * sy)
+    left, top, right, bottom = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+    return (float(x0 + left * sx), float(y0 + top * sy), float(x0 + right * sx), float(y0 + bottom * sy))
+
+
+def _upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling to `size` (rows, cols), scaled to [0, 1] (a flat map becomes all ones)."""
+    grid = torch.as_tensor(np.asarray(attention), dtype=torch.float32)[None, None]
+    fine = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    span = fine.max() - fine.min()
+    return (fine - fine.min()) / span if span > 0 else np.ones_like(fine)
 
 
 def visible_box(method: Method, width: int, height: int) -> Box:
