@@ -124,7 +124,9 @@ class TwoTowerBackbone(Backbone):
         self.preprocess = Preprocess.for_config(config, 224, SIGNED_UNIT_MEAN, SIGNED_UNIT_STD, opts["resize_mode"])
         image_weights = Path(opts["image_weights"]) if opts["image_weights"] else default_image_weights()
         self.image_tower = load_efficientnet(image_weights, self.preprocess.size)
+        _check_count(self.image_trainable_blocks, len(self.image_tower._blocks), "image_trainable_blocks")
         self.tokenizer, self.text_tower = load_text_model(Path(opts["text_model"] or default_text_model()))
+        _check_count(self.text_trainable_layers, len(self.text_tower.encoder.layer), "text_trainable_layers")
         text_dim = self.text_tower.config.hidden_size
         self.image_proj = projection_head(IMAGE_FEATURES, config.embed_dim, opts["head"], opts["head_hidden"])
         self.text_proj = projection_head(text_dim, config.embed_dim, opts["head"], opts["head_hidden"])
@@ -147,20 +149,18 @@ class TwoTowerBackbone(Backbone):
     def _frozen_image_parts(self) -> list[nn.Module]:
         if not super().image_tower_frozen:
             return []
-        blocks = list(self.image_tower._blocks)
-        n = _check_count(self.image_trainable_blocks, len(blocks), "image_trainable_blocks")
+        n = self.image_trainable_blocks
         if n == 0:
             return [self.image_tower]
-        return [self.image_tower._conv_stem, self.image_tower._bn0, *blocks[:-n]]
+        return [self.image_tower._conv_stem, self.image_tower._bn0, *self.image_tower._blocks[:-n]]
 
     def _frozen_text_parts(self) -> list[nn.Module]:
         if not super().text_tower_frozen:
             return []
-        layers = list(self.text_tower.encoder.layer)
-        n = _check_count(self.text_trainable_layers, len(layers), "text_trainable_layers")
+        n = self.text_trainable_layers
         if n == 0:
             return [self.text_tower]
-        return [self.text_tower.embeddings, *layers[:-n]]
+        return [self.text_tower.embeddings, *self.text_tower.encoder.layer[:-n]]
 
     # --- towers -----------------------------------------------------------------------------
     def image_transform(self, train: bool = False):
@@ -204,7 +204,6 @@ class TwoTowerBackbone(Backbone):
         return f"twotower|{model_type}={weights_fingerprint(self.text_tower)}|max_length={self.text_max_length}"
 
 
-def _check_count(n: int, available: int, option: str) -> int:
+def _check_count(n: int, available: int, option: str) -> None:
     if not 0 <= n <= available:
         raise ValueError(f"backbone 'twotower': {option} must be between 0 and {available}, got {n}")
-    return n
