@@ -123,17 +123,9 @@ def stats(
 ) -> None:
     """Products, images, attribute groups, the category tree and missing images of a catalog."""
     with user_errors():
-        from catalogclip.catalog.problems import ProblemLog
-        from catalogclip.catalog.schema import read_jsonl
         from catalogclip.catalog.stats import catalog_stats
 
-        if not file.is_file():
-            raise UserError(f"{file}: no such file")
-        problems = ProblemLog()
-        catalog = read_jsonl(file, problems)
-        if problems:
-            problems.report(out=sys.stderr)
-        figures = catalog_stats(catalog, top=top, check_images=check_images)
+        figures = catalog_stats(_load_catalog(file), top=top, check_images=check_images)
     if as_json:
         print(json.dumps(figures, indent=2, ensure_ascii=False))
     else:
