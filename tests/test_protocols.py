@@ -267,5 +267,5 @@ def test_inventory_from_embeddings_drops_unreadable_products(three_products):
 def test_unknown_protocol_lists_known(three_products):
     catalog, emb = three_products
     inv = Inventory.from_embeddings(emb, catalog)
-    with pytest.raises(KeyError, match="category, full, sample100, zeroshot-cls"):
+    with pytest.raises(KeyError, match="category, full, product, sample100, zeroshot-cls"):
         evaluate("nope", inv, EmbeddingScorer(emb, inv))

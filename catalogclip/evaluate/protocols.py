@@ -315,12 +315,26 @@ class ProtocolOptions:
     candidate_lists: CandidateLists | None = None
     #: category nodes of the training catalog; nodes outside it are reported as "unseen"
     seen_categories: set[str] | None = None
+    #: image sources of queries and gallery of the `product` protocol (evaluate/product_retrieval.py)
+    query_source: str = "customer"
+    gallery_source: str = "merchant"
     #: `product` protocol: image source of the queries and of the candidates (the gallery)
     query_source: str = "customer"
     gallery_source: str = "merchant"
 
 
 PROTOCOLS: Registry[Callable[[Inventory, ProtocolOptions], list[Task]]] = Registry("protocol")
+#: modules that register more protocols when imported
+_PROTOCOL_MODULES = ("catalogclip.evaluate.product_retrieval",)
+
+
+def protocol_names() -> list[str]:
+    """Every registered protocol (importing the modules that register some)."""
+    import importlib
+
+    for module in _PROTOCOL_MODULES:
+        importlib.import_module(module)
+    return PROTOCOLS.names()
 
 
 @PROTOCOLS.register("full")
@@ -445,6 +459,7 @@ def evaluate(protocol: str, inventory: Inventory, scorer: Scorer, options: Proto
              n_examples: int = 8, chunk_bytes: int = CHUNK_BYTES) -> dict:
     """Every number of one protocol for one model, as a JSON-ready dict."""
     options = options or ProtocolOptions()
+    protocol_names()
     settings: dict = {}
     if protocol == "sample100":
         lists = candidate_lists_for(inventory, options)
