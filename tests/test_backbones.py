@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -265,6 +264,10 @@ def test_openclip_reports_bad_specs(openclip_configs, tmp_path):
         openclip("openclip:ViT-Z-99")
     with pytest.raises(FileNotFoundError, match="nothere.pt: open_clip checkpoint not found"):
         openclip(f"openclip:catalogclip-test-vit:{tmp_path / 'nothere.pt'}")
+    wrong = tmp_path / "resnet.pt"
+    torch.save(openclip("openclip:catalogclip-test-rn").model.state_dict(), wrong)
+    with pytest.raises(ValueError, match="resnet.pt: not a checkpoint of open_clip catalogclip-test-vit"):
+        openclip(f"openclip:catalogclip-test-vit:{wrong}")
     with pytest.raises(ValueError, match="'nosuchtag' is neither a checkpoint file nor a pretrained tag of ViT-B-32.*openai"):
         openclip("openclip:ViT-B-32:nosuchtag")
 

@@ -46,7 +46,7 @@ def check_pretrained(model: str, pretrained: str | None) -> None:
 
     if model.startswith(_SCHEMAS):
         return
-    if open_clip.get_model_config(model) is None:
+    if open_clip.get_model_config(model.replace("/", "-")) is None:  # open_clip reads ViT-B/32 as ViT-B-32
         raise ValueError(f"unknown open_clip model '{model}' (see open_clip.list_models())")
     if pretrained is None or Path(pretrained).is_file():
         return
@@ -55,7 +55,8 @@ def check_pretrained(model: str, pretrained: str | None) -> None:
     if looks_like_path:
         raise FileNotFoundError(f"{pretrained}: open_clip checkpoint not found")
     if pretrained not in tags:
-        raise ValueError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} (tags: {', '.join(tags) or 'none'})")
+        known = ", ".join(tags) or "none"
+        raise ValueError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} (tags: {known})")
 
 
 def token_shape(visual: nn.Module) -> tuple[tuple[int, int], int]:
@@ -87,6 +88,9 @@ class OpenClipBackbone(Backbone):
                 self.model_name, pretrained=self.pretrained, force_image_size=config.image_size
             )
         except RuntimeError as exc:
+            if self.pretrained and Path(self.pretrained).is_file():
+                reason = str(exc).splitlines()[0]
+                raise ValueError(f"{self.pretrained}: not a checkpoint of open_clip {self.model_name} ({reason})") from exc
             raise RuntimeError(
                 f"open_clip could not load {self.model_name} weights '{self.pretrained}' ({exc}); "
                 f"without network, pass a local checkpoint: openclip:{self.model_name}:/path/to/checkpoint.pt"
