@@ -25,6 +25,7 @@ holds a few hundred MB of scores at a time and never the whole matrix.
 from __future__ import annotations
 
 import json
+import os
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -87,7 +88,7 @@ class Inventory:
         return cls(
             products=list(catalog.products),
             image_product=np.array([i for i, _ in rows], dtype=np.int64),
-            image_paths=np.array([str(catalog.image_path(im)) for _, im in rows], dtype=str),
+            image_paths=np.array([os.path.abspath(catalog.image_path(im)) for _, im in rows], dtype=str),
             image_sources=np.array([im.source for _, im in rows], dtype=str),
             image_index=np.arange(len(rows), dtype=np.int64),
         )
@@ -106,7 +107,7 @@ class Inventory:
         return cls(
             products=products,
             image_product=np.array([index[pid] for pid in embeddings.image_product[rows]], dtype=np.int64),
-            image_paths=embeddings.image_path[rows].astype(str),
+            image_paths=np.array([os.path.abspath(path) for path in embeddings.image_path[rows]], dtype=str),
             image_sources=embeddings.image_source[rows].astype(str),
             image_index=rows,
         )
@@ -140,8 +141,10 @@ class Inventory:
             return {"key": str(self.image_paths[row]), "label": product.title, "product": product.id,
                     "image": str(self.image_paths[row])}
         product = self.products[row]
-        image = self.image_paths[self.representative_images[row]] if len(self.image_paths) else None
-        return {"key": product.id, "label": product.title, "product": product.id, "image": str(image)}
+        out = {"key": product.id, "label": product.title, "product": product.id}
+        if side == "product":  # a product candidate is shown by its image; a text query by its text
+            out["image"] = str(self.image_paths[self.representative_images[row]])
+        return out
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""`catalogclip evaluate` (runs and baselines) and `catalogclip report`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from catalogclip.cli.common import UserError, app, user_errors
+
+
+@app.command()
+def evaluate(
+    protocol: List[str] = typer.Option(["full"], "--protocol", "-p",
+                                       help="full | sample100 | category | zeroshot-cls | product | grounding | all (repeat or comma-separate)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Trained run folder (results to RUN/eval/<protocol>.json)."),
+    catalog: Optional[Path] = typer.Option(None, help="Catalog to evaluate as is (default: the test side of the run's split)."),
+    embeddings: Optional[Path] = typer.Option(None, help="Embeddings folder (default: RUN/embeddings, made by `catalogclip embed`)."),
+    candidates: Optional[Path] = typer.Option(None, help="sample100 candidate lists to reuse (a RUN/eval/sample100-candidates.json)."),
+    baseline: Optional[str] = typer.Option(None, help="Evaluate a baseline instead of a run: bm25 | minilm | zeroshot."),
+    backbone: str = typer.Option("twotower", help="Backbone of the zeroshot baseline."),
+    split: Optional[Path] = typer.Option(None, help="Baselines: split.json whose test side of --catalog is evaluated."),
+    out: Optional[Path] = typer.Option(None, help="Baselines: output folder (results to OUT/eval/<protocol>.json)."),
+    seed: int = typer.Option(0, help="Seed of the sample100 lists (and of a zero-shot backbone's random parts)."),
+    device: str = typer.Option("cpu", help="Device for a model that must encode category names."),
+) -> None:
+    """Score a run's embeddings, or a baseline, on evaluation protocols and print the tables."""
+    with user_errors():
+        from catalogclip.evaluate import runner
+
+        say = lambda message: typer.echo(message, err=True)  # noqa: E731
+        if baseline is not None:
+            if out is None:
+                raise UserError("--baseline needs --out DIR")
+            if run is not None:
+                inputs = runner.run_inputs(run, catalog)
+            elif catalog is not None:
+                inputs = runner.catalog_inputs(catalog, split)
+            else:
+                raise UserError("--baseline needs --catalog C (optionally --split FILE) or --run R")
+            results = runner.evaluate_baseline(baseline, protocol, out, inputs, backbone, candidates, seed, say)
+            target = out
+        else:
+            if run is None:
+                raise UserError("give --run R (a trained run) or --baseline NAME")
+            results = runner.evaluate_run(run, protocol, catalog, embeddings, candidates, device, seed, say)
+            target = run
+        for name, result in results.items():
+            _print_result(name, result)
+        typer.echo(f"results -> {target / 'eval'}")
+
+
+def _print_result(protocol: str, result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from catalogclip.evaluate.report.tables import result_rows
+
+    rows = result_rows(result)
+    if not rows:  # a protocol without tasks (grounding): its numbers as they are
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        rows = [("-", "all", int(numbers.pop("n", 0)), numbers)]
+    metrics = list(dict.fromkeys(m for *_, values in rows for m in values))
+    table = Table(title=f"{protocol}" + (f"  SumR {100 * result['summary']['SumR']:.1f}" if result.get("summary") else ""))
+    for column in ["task", "group", "queries", *metrics]:
+        table.add_column(column, justify="left" if column in ("task", "group") else "right")
+    for task, group, n, values in rows:
+        table.add_row(task, group, str(n), *[f"{100 * values[m]:.1f}" if m in values else "" for m in metrics])
+    Console().print(table)
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run folders and baseline output folders, in table order."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, report.json and plots."),
+    baseline: Optional[str] = typer.Option(None, help="Label of the row improvements are relative to (default: the first baseline)."),
+    title: str = typer.Option("catalogclip evaluation report", help="Report title."),
+) -> None:
+    """Write a Markdown + self-contained HTML report (tables, plots, examples) of evaluated runs."""
+    with user_errors():
+        from catalogclip.evaluate.report import write_report
+
+        files = write_report(runs, out, baseline, title)
+        typer.echo(f"report -> {files.html} (and {files.markdown.name}, {files.json.name})")

@@ -1,0 +1,74 @@
+"""Gather what a report shows from run (or baseline) folders: eval results, gates, settings."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from catalogclip.evaluate.runner import CANDIDATES_FILE
+
+#: protocols in the order a report shows them; others follow alphabetically
+PROTOCOL_ORDER = ("full", "sample100", "category", "zeroshot-cls", "product", "grounding")
+
+
+@dataclass
+class Entry:
+    """One row of the report's tables: a trained run or a baseline."""
+
+    label: str
+    path: Path
+    kind: str  # "run" | "baseline"
+    results: dict[str, dict]  # protocol -> the JSON `catalogclip evaluate` wrote
+    info: dict = field(default_factory=dict)  # method / backbone / baseline settings
+    gates: dict[str, float] | None = None
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "path": str(self.path), "kind": self.kind, "info": self.info,
+                "gates": self.gates, "results": self.results}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+
+
+def load_entry(folder: str | Path) -> Entry:
+    folder = Path(folder)
+    eval_dir = folder / "eval"
+    files = sorted(p for p in eval_dir.glob("*.json") if p.name != CANDIDATES_FILE) if eval_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no evaluation results in {eval_dir} (run `catalogclip evaluate` first)")
+    results = {p.stem: _read_json(p) for p in files}
+    baseline = folder / "baseline.json"
+    if baseline.exists():
+        info = _read_json(baseline)
+        return Entry(str(info.get("label") or info.get("baseline") or folder.name), folder, "baseline", results, info)
+    info = {}
+    config = folder / "config.yaml"
+    if config.exists():
+        settings = yaml.safe_load(config.read_text()) or {}
+        info = {"method": settings.get("method"), "backbone": (settings.get("backbone") or {}).get("spec"),
+                "catalog": (settings.get("data") or {}).get("catalog")}
+    gates_path = folder / "gates.json"
+    gates = {str(k): float(v) for k, v in _read_json(gates_path).items()} if gates_path.exists() else None
+    return Entry(folder.name, folder, "run", results, info, gates)
+
+
+def load_entries(folders: Sequence[str | Path]) -> list[Entry]:
+    """Entries in the given order; equal folder names are told apart by their parent folder."""
+    entries = [load_entry(f) for f in folders]
+    labels = [e.label for e in entries]
+    for entry in entries:
+        if labels.count(entry.label) > 1:
+            entry.label = f"{entry.path.resolve().parent.name}/{entry.label}"
+    return entries
+
+
+def protocols_of(entries: Sequence[Entry]) -> list[str]:
+    found = {p for e in entries for p in e.results}
+    return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
