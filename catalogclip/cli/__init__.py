@@ -15,6 +15,7 @@ app.add_typer(_catalog.app, name="catalog")
 # Modules that add top-level commands to `app` when imported.
 from catalogclip.cli import demo as _demo  # noqa: E402,F401
 from catalogclip.cli import train as _train  # noqa: E402,F401
+from catalogclip.cli import evaluate as _evaluate  # noqa: E402,F401
 from catalogclip.cli import search as _search  # noqa: E402,F401
 
 
