@@ -8,6 +8,7 @@ positive then costs nothing. With one positive per row this is exactly CLIP's lo
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,17 @@ def positive_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor | None 
     """(Bq, Bc) float mask: 1 where the two rows share a key (e.g. the same product id)."""
     candidate_keys = query_keys if candidate_keys is None else candidate_keys
     return (query_keys[:, None] == candidate_keys[None, :]).float()
+
+
+def text_keys(texts: list[str], extra: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) int64 keys equal exactly for equal texts (and equal rows of `extra`, e.g. entity ids).
+
+    crc32 is stable across processes, so keys from different DDP ranks can be compared.
+    """
+    keys = [zlib.crc32(t.encode("utf-8")) for t in texts]
+    if extra is not None:
+        keys = [zlib.crc32(row.cpu().numpy().tobytes(), k) for k, row in zip(keys, extra)]
+    return torch.tensor(keys, dtype=torch.long)
 
 
 def multi_positive_cross_entropy(logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:

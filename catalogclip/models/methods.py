@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catalogclip.catalog.schema import Product
-from catalogclip.losses import contrastive_loss, positive_mask
+from catalogclip.losses import contrastive_loss, positive_mask, text_keys
 from catalogclip.models.backbones.base import Backbone, BackboneConfig, build_backbone
 from catalogclip.models.batch import Batch
 from catalogclip.models.entities import CESelector, EALearner
@@ -110,10 +110,14 @@ class Method(nn.Module):
         """The training loss, so that DistributedDataParallel can wrap a method."""
         return self.loss(batch)
 
-    def contrast(self, a: torch.Tensor, b: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Contrastive loss over the global batch: rows with equal keys are positives."""
-        a, b, keys = self.gather(a), self.gather(b), self.gather(keys)
-        return contrastive_loss(a, b, self.logit_scale, positive_mask(keys))
+    def contrast(self, a: torch.Tensor, b: torch.Tensor, product_keys: torch.Tensor, same_text: torch.Tensor) -> torch.Tensor:
+        """Contrastive loss over the global batch: rows of one product, or with identical text
+        (`same_text` keys, see losses.text_keys), are positives of each other, never negatives."""
+        device = a.device
+        a, b = self.gather(a), self.gather(b)
+        product_keys, same_text = self.gather(product_keys.to(device)), self.gather(same_text.to(device))
+        mask = torch.maximum(positive_mask(product_keys), positive_mask(same_text))
+        return contrastive_loss(a, b, self.logit_scale, mask)
 
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging beside the loss (temperature, gates, ...)."""
@@ -162,8 +166,8 @@ class CLIPMethod(Method):
     name = "clip"
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss = self.contrast(self.embed_images(batch), self.embed_texts(batch), batch.product_keys)
-        return {"loss": loss}
+        keys = text_keys(batch.texts)
+        return {"loss": self.contrast(self.embed_images(batch), self.embed_texts(batch), batch.product_keys, keys)}
 
 
 @dataclass
@@ -207,18 +211,19 @@ class EIClipMethod(Method):
         self._last_gates: dict[str, float] = {}
 
     def _parts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """description (B, d), gated entity sum (B, d), gates (B, G); the first two unnormalised.
+        """Unit description (B, d), gated sum of unit entity embeddings (B, d), gates (B, G).
 
-        Gates of groups a product has no value for are returned as NaN (nothing was weighed).
+        Both parts are normalised before they are added so a gate alone decides how much a group
+        weighs. Gates of groups a product has no value for are NaN (nothing was weighed).
         """
-        description = self.backbone.project_text(self.text_features(batch))
-        entities = self.ea_learner(batch.entity_ids[:, self.group_index])
+        description = F.normalize(self.backbone.project_text(self.text_features(batch)), dim=-1)
+        ids = batch.entity_ids[:, self.group_index]
+        entities = F.normalize(self.ea_learner(ids), dim=-1)  # a missing value stays 0
         if self.config.gates == "equal":
             gates = torch.full(entities.shape[:2], 0.5, device=entities.device)
         else:
-            gates = self.ce_selector(F.normalize(description, dim=-1), entities)
-        absent = batch.entity_ids[:, self.group_index] == 0
-        return description, (gates.unsqueeze(-1) * entities).sum(dim=1), gates.masked_fill(absent, float("nan"))
+            gates = self.ce_selector(description, entities)
+        return description, (gates.unsqueeze(-1) * entities).sum(dim=1), gates.masked_fill(ids == 0, float("nan"))
 
     def embed_texts(self, batch: Batch) -> torch.Tensor:
         description, entities, _ = self._parts(batch)
@@ -227,12 +232,14 @@ class EIClipMethod(Method):
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         image = self.embed_images(batch)
         description, entities, gates = self._parts(batch)
-        keys = batch.product_keys
-        cfg = self.config
+        ids = batch.entity_ids[:, self.group_index]
+        same_description, same_entities = text_keys(batch.texts), text_keys([""] * len(batch), ids)
+        same_full = text_keys(batch.texts, ids)
+        products, cfg = batch.product_keys, self.config
         parts = {
-            "loss_full": self.contrast(image, F.normalize(description + entities, dim=-1), keys),
-            "loss_description": self.contrast(image, F.normalize(description, dim=-1), keys),
-            "loss_entities": self.contrast(image, F.normalize(entities, dim=-1), keys),
+            "loss_full": self.contrast(image, F.normalize(description + entities, dim=-1), products, same_full),
+            "loss_description": self.contrast(image, description, products, same_description),
+            "loss_entities": self.contrast(image, F.normalize(entities, dim=-1), products, same_entities),
         }
         self._track_gates(gates.detach())
         total = cfg.weight_full * parts["loss_full"] + cfg.weight_description * parts["loss_description"]

@@ -1,9 +1,10 @@
 """torch.distributed glue: start from torchrun's environment, gather features across ranks.
 
-The contrastive loss must see the global batch: every rank gathers all ranks' embeddings, with
-its own slice kept in the autograd graph (gradients flow through the local part only), computes
-the same global loss, and scales it by the world size so that DDP's gradient averaging yields
-exactly the single-process gradient.
+The contrastive loss must see the global batch: every rank gathers all ranks' embeddings with an
+autograd-aware all_gather and computes the same global loss. Its backward sends each rank the
+gradient of every copy of its rows (summed: W x the single-process gradient), and DDP's average
+over W ranks then gives exactly the single-process gradient, for tower parameters and for the
+parameters used after the gather (the temperature) alike.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 def init_from_env() -> bool:
@@ -34,16 +36,12 @@ def is_main() -> bool:
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank in rank order; only the local slice carries gradients."""
-    rank, world = rank_and_world()
+    """Concatenate `x` from every rank in rank order; gradients flow back to the owning rank."""
+    _, world = rank_and_world()
     if world == 1:
         return x
+    if x.requires_grad:
+        return torch.cat(dist_nn.all_gather(x))
     parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
+    dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
-
-
-def loss_scale() -> float:
-    """Factor that turns DDP's averaged gradients of the (identical) global loss into its gradient."""
-    return float(rank_and_world()[1])

@@ -121,13 +121,13 @@ class Trainer:
         return catalog
 
     def setup(self) -> tuple[Method, PairData]:
-        from catalogclip.catalog.splits import split_catalog, save_split
+        from catalogclip.catalog.splits import make_split
         from catalogclip.catalog.vocab import EntityVocabs, build_vocabs
 
         cfg = self.config
         seed_everything(cfg.optim.seed)
         catalog = self._load_catalog()
-        split = split_catalog(catalog, cfg.data.split_by, cfg.data.test_fraction, cfg.data.split_seed)
+        split = make_split(catalog, cfg.data.split_by, cfg.data.test_fraction, cfg.data.split_seed)
         method_config = methods.method_config(cfg.method, cfg.method_options)
         vocabs = None
         vocab_path = self.run_dir / "vocabs.json"
@@ -138,7 +138,7 @@ class Trainer:
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.yaml")
-            save_split(split, self.run_dir / "split.json")
+            split.save(self.run_dir / "split.json")
             if vocabs is not None:
                 vocabs.save(vocab_path)
         cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else self.run_dir.parent / ".featcache"
@@ -152,6 +152,8 @@ class Trainer:
         model: nn.Module = method
         if self.distributed:
             method.gather = distributed.gather_with_grad
+            if self.device.type == "cuda":  # batch statistics of the global batch, as one process would see
+                method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
             model = nn.parallel.DistributedDataParallel(
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
             )
@@ -173,7 +175,7 @@ class Trainer:
                 iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size), start=skip
             ):
                 losses = self._forward(model, batch.to(self.device))
-                (losses["loss"] * distributed.loss_scale() / opt.grad_accum).backward()
+                (losses["loss"] / opt.grad_accum).backward()
                 window_pairs += len(batch) * self.world_size
                 micro += 1
                 if micro % opt.grad_accum:

@@ -1,0 +1,116 @@
+"""The trainer and EI-CLIP on catalogs where the answer is known."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from catalogclip.catalog.schema import read_jsonl
+from catalogclip.embed import embed_catalog
+from catalogclip.models.backbones.base import BackboneConfig
+from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
+from catalogclip.train.runs import load_run
+from catalogclip.train.trainer import train, warmup_cosine
+
+
+def tiny_run(catalog, method: str, epochs: int = 40, **options) -> RunConfig:
+    return RunConfig(
+        method=method,
+        method_options=options,
+        backbone=BackboneConfig(spec="tiny", embed_dim=32),
+        data=DataConfig(catalog=str(catalog), test_fraction=0.05),
+        optim=OptimConfig(epochs=epochs, batch_size=16, head_lr=3e-3, lr=3e-3, warmup_steps=5, log_every=5, checkpoint_every=10**6),
+    )
+
+
+def t2i_recall_at_1(run_dir, catalog_path) -> float:
+    """Text -> image R@1 over the whole catalog (one image per product)."""
+    method = load_run(run_dir).method
+    emb = embed_catalog(method, read_jsonl(catalog_path), progress=False)
+    best = (emb.text @ emb.image.T).argmax(axis=1)
+    return float(np.mean(emb.image_product[best] == emb.text_product))
+
+
+def test_warmup_then_cosine_schedule():
+    f = warmup_cosine(warmup=4, total=14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.5)
+    assert f(14) == pytest.approx(0.0)
+
+
+def test_eiclip_recovers_brand_that_only_entities_carry(brand_catalog, tmp_path):
+    """Titles name only the colour; the brand is in the image and the entities. CLIP on the
+    title cannot tell the 4 brands of a colour apart, EI-CLIP can."""
+    train(tiny_run(brand_catalog, "clip"), tmp_path / "clip", progress=False)
+    train(tiny_run(brand_catalog, "eiclip", entity_groups=["brand", "season"]), tmp_path / "eiclip", progress=False)
+    clip_r1 = t2i_recall_at_1(tmp_path / "clip", brand_catalog)
+    eiclip_r1 = t2i_recall_at_1(tmp_path / "eiclip", brand_catalog)
+    # 8 products share each title, so CLIP's ceiling is 1/8; each (colour, brand) kind has 2
+    # identical copies, so EI-CLIP's ceiling is 1/2
+    assert clip_r1 <= 0.2
+    assert eiclip_r1 >= 0.35
+
+
+def test_eiclip_gates_move_and_are_saved(brand_catalog, tmp_path):
+    train(tiny_run(brand_catalog, "eiclip", entity_groups=["brand", "season"]), tmp_path / "run", progress=False)
+    gates = json.loads((tmp_path / "run" / "gates.json").read_text())
+    assert set(gates) == {"brand", "season"}
+    # the useless random group's gate leaves 0.5 and ends below the informative brand's
+    assert abs(gates["season"] - 0.5) > 0.02
+    assert gates["brand"] > gates["season"]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "gate/brand" in logged[-1] and "loss_entities" in logged[-1]
+
+
+def test_equal_gates_stay_at_one_half(brand_catalog, tmp_path):
+    train(tiny_run(brand_catalog, "eiclip", epochs=2, entity_groups=["brand"], gates="equal"), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "gates.json").read_text()) == {"brand": 0.5}
+
+
+def test_entities_as_text_appends_attributes(brand_catalog, tmp_path):
+    from catalogclip.models.methods import build_method
+
+    method = build_method("clip", BackboneConfig(spec="tiny", embed_dim=8), {"entities_as_text": ["brand"]})
+    product = read_jsonl(brand_catalog).products[0]
+    assert method.product_text(product) == f"{product.title}. brand: {product.attributes['brand']}"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_matches_unbroken_run(brand_catalog, tmp_path):
+    config = tiny_run(brand_catalog, "eiclip", epochs=5, entity_groups=["brand"])  # 10 steps
+    config.optim.checkpoint_every = 3
+    unbroken = train(config, tmp_path / "a", progress=False)
+
+    def kill_at_step_7(step, record):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config, tmp_path / "b", on_step=kill_at_step_7, progress=False)
+    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)["step"] == 6
+    resumed = train(config, tmp_path / "b", resume=True, progress=False)
+    assert resumed.steps == unbroken.steps
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "resumed run must not duplicate metric lines"
+
+
+def test_unknown_setting_is_named(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("optim:\n  epochz: 3\n")
+    with pytest.raises(ValueError, match=r"optim\.epochz"):
+        RunConfig.load(path)
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    config = tiny_run("c.jsonl", "eiclip", entity_groups=["brand"])
+    config.save(tmp_path / "config.yaml")
+    assert RunConfig.load(tmp_path / "config.yaml") == config
