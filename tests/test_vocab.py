@@ -112,3 +112,18 @@ def test_every_kept_value_round_trips_and_ids_follow_frequency(values, min_count
         entity_id = vocab.id(key.upper())
         assert (vocab.decode(entity_id).casefold() == key) if key in kept else (entity_id == UNK_ID)
     assert vocab.id(None) == vocab.id("") == NONE_ID
+
+
+def test_category_levels_are_entity_groups():
+    from catalogclip.catalog.schema import Catalog, ImageRef, Product
+    from catalogclip.catalog.vocab import UNK_ID, build_vocabs
+
+    def item(pid, path):
+        return Product(pid, "t", images=[ImageRef("a.jpg")], attributes={"brand": "Puma"}, category_path=path)
+
+    train = Catalog([item("a", ["Apparel", "Topwear", "Shirts"]), item("b", ["Apparel", "Topwear", "Shirts"]), item("c", ["Footwear"])])
+    vocabs = build_vocabs(train, ["brand", "category:2", "category:leaf"])
+    assert vocabs.values("category:2") == ["Shirts"]
+    assert vocabs.values("category:leaf") == ["Shirts", "Footwear"]
+    assert vocabs.encode(item("d", ["Footwear"])) == [2, 0, 3]  # Footwear has no level 2: <none>
+    assert vocabs.encode(item("e", ["Apparel", "Topwear", "Jeans"]))[1] == UNK_ID

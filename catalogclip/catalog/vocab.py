@@ -21,6 +21,23 @@ NONE_ID, UNK_ID = 0, 1
 SPECIALS = (NONE, UNK)
 
 
+def entity_value(product: Product, group: str) -> str | None:
+    """A product's value for an entity group: an attribute, or a level of its category path.
+
+    ``category:N`` is level N of the path (0 = root), ``category:leaf`` its last node, so the
+    category tree can feed entity encoders (EI-CLIP's articleType) without copying it into the
+    attributes, where it would leak into attribute text.
+    """
+    if not group.startswith("category:"):
+        return product.attributes.get(group)
+    level, path = group.split(":", 1)[1], product.category_path
+    if level == "leaf":
+        return path[-1] if path else None
+    if not level.isdigit():
+        raise ValueError(f"entity group '{group}': use category:<level number> or category:leaf")
+    return path[int(level)] if int(level) < len(path) else None
+
+
 def normalise(value: str) -> str:
     """The lookup key of a value: case-insensitive, surrounding spaces ignored."""
     return value.strip().casefold()
@@ -120,7 +137,7 @@ class EntityVocabs:
         return [vocab.id(values.get(group)) for group, vocab in self._vocabs.items()]
 
     def encode(self, product: Product) -> list[int]:
-        return self.encode_values(product.attributes)
+        return [vocab.id(entity_value(product, group)) for group, vocab in self._vocabs.items()]
 
     def decode(self, group: str, entity_id: int) -> str:
         return self[group].decode(entity_id)
@@ -160,10 +177,10 @@ def build_vocabs(catalog: Catalog, groups: list[str], min_count: int = 1) -> Ent
     if len(set(groups)) != len(groups):
         raise ValueError(f"attribute groups repeat: {groups}")
     present = set(catalog.attribute_groups())
-    unknown = [g for g in groups if g not in present]
+    unknown = [g for g in groups if g not in present and not g.startswith("category:")]
     if unknown:
         raise ValueError(f"attribute group '{unknown[0]}' is not in the catalog "
                          f"(groups: {', '.join(sorted(present)) or 'none'})")
     return EntityVocabs(
-        EntityVocab.build(group, (p.attributes.get(group) for p in catalog), min_count) for group in groups
+        EntityVocab.build(group, (entity_value(p, group) for p in catalog), min_count) for group in groups
     )
