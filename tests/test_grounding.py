@@ -92,6 +92,19 @@ def test_grounding_protocol_scores_boxes_against_the_ground_truth(tmp_path):
     assert result["mIoU"] == pytest.approx(2 / 3)  # boxes on 8 px cell edges are found exactly
 
 
+@pytest.mark.parametrize("method_name", ["clip", "eclip"])
+def test_grounding_from_cached_tokens_equals_grounding_from_pixels(tmp_path, method_name):
+    torch.manual_seed(0)
+    options = {"decoder_dim": 16, "n_queries": 3, "heads": 2} if method_name == "eclip" else {}
+    method = build_method(method_name, BackboneConfig(spec="tiny", embed_dim=16, freeze_image=True), options)
+    boxes = [(8, 8, 32, 40), (32, 24, 64, 56), (0, 40, 24, 64)]
+    catalog = _red_box_catalog(tmp_path, boxes, boxes)
+    from_pixels = evaluate_grounding(method, catalog, progress=False)
+    from_cache = evaluate_grounding(method, catalog, cache_dir=tmp_path / "cache", progress=False)
+    assert from_cache["mIoU"] == pytest.approx(from_pixels["mIoU"], abs=0.02)  # the cache keeps float16
+    assert any((tmp_path / "cache").rglob("shard-*.npy"))
+
+
 def test_grounding_needs_boxes(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     catalog = Catalog([Product("a", "a thing", images=[ImageRef("a.png")])], tmp_path)

@@ -11,6 +11,7 @@ region is the answer: the region holding the most attention ("mass", default) or
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -22,9 +23,10 @@ from tqdm.auto import tqdm
 
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef
+from catalogclip.embed import product_entity_ids
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import load_rgb
+from catalogclip.train.data import load_rgb, readable_images
 
 Box = tuple[float, float, float, float]
 IOU_THRESHOLDS = (0.5, 0.7)
@@ -91,16 +93,19 @@ def dense_similarity_maps(method: Method, batch: Batch, texts: torch.Tensor) -> 
 
 
 @torch.no_grad()
+def batch_grounding_maps(method: Method, batch: Batch) -> np.ndarray:
+    """(B, h, w) grounding maps of a batch's images (pixels or cached tokens) for its texts, one per image."""
+    texts = method.embed_texts(batch)
+    maps_of = getattr(method, "grounding_maps", None)
+    maps = maps_of(batch, texts) if maps_of is not None else dense_similarity_maps(method, batch, texts)
+    return maps.float().cpu().numpy()
+
+
 def grounding_maps(method: Method, images: list[Image.Image], texts: list[str]) -> np.ndarray:
     """(B, h, w) grounding maps of `images` for their `texts` (one text per image)."""
     transform = method.backbone.image_transform(train=False)
-    device = method.backbone.device
-    pixels = torch.stack([transform(im) for im in images]).to(device)
-    batch = Batch(product_keys=torch.arange(len(images)), texts=list(texts), images=pixels)
-    text_vectors = method.embed_texts(batch)
-    maps_of = getattr(method, "grounding_maps", None)
-    maps = maps_of(batch, text_vectors) if maps_of is not None else dense_similarity_maps(method, batch, text_vectors)
-    return maps.float().cpu().numpy()
+    pixels = torch.stack([transform(im.convert("RGB")) for im in images]).to(method.backbone.device)
+    return batch_grounding_maps(method, Batch(product_keys=torch.arange(len(images)), texts=list(texts), images=pixels))
 
 
 def grounding_queries(catalog: Catalog, sources: Sequence[str] | None = None) -> list[tuple[int, ImageRef]]:
@@ -119,6 +124,39 @@ def summarise(ious: Sequence[float]) -> dict[str, float]:
     return {"n": len(values), **{f"Acc@{t}": float((values >= t).mean()) for t in IOU_THRESHOLDS}, "mIoU": float(values.mean())}
 
 
+def _token_cache(method: Method, cache_dir: str | Path | None):
+    """The feature cache of a frozen image tower's tokens (None: run the tower on pixels)."""
+    if cache_dir is None or not method.backbone.image_tower_frozen:
+        return None
+    from catalogclip.train.featcache import FeatureCache
+
+    return FeatureCache(cache_dir, method.backbone, kind="tokens")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:  # reads the header only
+        return image.size
+
+
+def _query_batch(method: Method, catalog: Catalog, queries: list[tuple[int, ImageRef]], cache) -> tuple[Batch, list[tuple[int, int]]]:
+    """A batch of the query images (pixels, or tokens from `cache`) with their products' texts, and the image sizes."""
+    products = [catalog.products[i] for i, _ in queries]
+    paths = [catalog.image_path(ref) for _, ref in queries]
+    batch = Batch(product_keys=torch.arange(len(queries)), texts=[method.product_text(p) for p in products])
+    entity_ids = product_entity_ids(method, products)
+    if entity_ids is not None:
+        batch.entity_ids = torch.tensor(entity_ids, dtype=torch.long)
+    if cache is not None:
+        batch.image_tokens = cache.fill(paths, load_rgb, progress=False)
+        sizes = [_image_size(path) for path in paths]
+    else:
+        images = [load_rgb(path) for path in paths]
+        transform = method.backbone.image_transform(train=False)
+        batch.images = torch.stack([transform(im) for im in images])
+        sizes = [im.size for im in images]
+    return batch.to(method.backbone.device), sizes
+
+
 @torch.no_grad()
 def evaluate_grounding(
     method: Method,
@@ -127,32 +165,30 @@ def evaluate_grounding(
     region: str = "mass",
     sources: Sequence[str] | None = None,
     batch_size: int = 32,
+    cache_dir: str | Path | None = None,
     problems: ProblemLog | None = None,
     progress: bool = True,
 ) -> dict:
-    """Acc@0.5, Acc@0.7 and mean IoU over every image with a `bbox`, overall and per image source."""
+    """Acc@0.5, Acc@0.7 and mean IoU over every image with a `bbox`, overall and per image source.
+
+    With `cache_dir` and a frozen image tower, tokens come from (and go into) the feature cache.
+    """
     problems = problems if problems is not None else ProblemLog()
     method.eval()
     queries = grounding_queries(catalog, sources)
     if not queries:
         raise ValueError("no image with a ground-truth box (bbox) to ground" + (f" among sources {list(sources)}" if sources else ""))
+    cache = _token_cache(method, cache_dir)
     by_source: dict[str, list[float]] = defaultdict(list)
-    starts = range(0, len(queries), batch_size)
-    for start in tqdm(starts, desc="grounding", unit="batch", disable=not progress):
-        images, texts, kept = [], [], []
-        for i, ref in queries[start : start + batch_size]:
-            path = catalog.image_path(ref)
-            try:
-                images.append(load_rgb(path))
-            except (OSError, ValueError) as exc:
-                problems.add("broken image", path, None, f"cannot decode: {exc}")
-                continue
-            texts.append(method.product_text(catalog.products[i]))
-            kept.append(ref)
-        if not images:
+    for start in tqdm(range(0, len(queries), batch_size), desc="grounding", unit="batch", disable=not progress):
+        chunk = queries[start : start + batch_size]
+        readable = readable_images([catalog.image_path(ref) for _, ref in chunk], problems)
+        chunk = [query for query, ok in zip(chunk, readable) if ok]
+        if not chunk:
             continue
-        for ref, image, attention in zip(kept, images, grounding_maps(method, images, texts)):
-            box = box_from_map(attention, visible_box(method, *image.size), threshold, region)
+        batch, sizes = _query_batch(method, catalog, chunk, cache)
+        for (_, ref), size, attention in zip(chunk, sizes, batch_grounding_maps(method, batch)):
+            box = box_from_map(attention, visible_box(method, *size), threshold, region)
             by_source[ref.source].append(iou(box, ref.bbox))
     everything = [v for values in by_source.values() for v in values]
     return {
