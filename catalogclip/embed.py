@@ -18,7 +18,7 @@ from catalogclip.catalog.schema import Catalog, ImageRef, Product
 from catalogclip.embeddings import Embeddings
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import attribute_text, category_nodes, load_rgb
+from catalogclip.train.data import attribute_text, cached_image_inputs, category_nodes, load_rgb, readable_images
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -42,14 +42,6 @@ def embed_pil_images(method: Method, images: list[Image.Image], batch_size: int 
         batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=_pixels(method, chunk))
         out.append(_numpy(method.embed_images(batch)))
     return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
-
-
-@torch.no_grad()
-def embed_pil_images_and_features(method: Method, images: list[Image.Image]) -> tuple[np.ndarray, torch.Tensor]:
-    """Image embeddings plus the pooled tower features they came from (for fused product vectors)."""
-    features = method.backbone.image_features(_pixels(method, images))
-    batch = Batch(product_keys=torch.arange(len(images)), texts=[""] * len(images), image_features=features)
-    return _numpy(method.embed_images(batch)), features.float().cpu()
 
 
 def product_image(product: Product) -> ImageRef | None:
@@ -112,6 +104,34 @@ def catalog_categories(catalog: Catalog) -> list[str]:
     return list(nodes)
 
 
+@torch.no_grad()
+def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Image embeddings from image-tower outputs (pooled features, or tokens for ECLIP)."""
+    field = "image_tokens" if method.image_input == "tokens" else "image_features"
+    device = method.backbone.device
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size].float().to(device)
+        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), **{field: chunk})
+        out.append(_numpy(method.embed_images(batch)))
+    return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache_dir: Path | None, progress: bool) -> torch.Tensor:
+    """The image tower's outputs for every path, each image encoded once: from (and into) the
+    feature cache when the tower is frozen and a cache folder is given, else computed in batches."""
+    if cache_dir is not None and method.backbone.image_tower_frozen:
+        return cached_image_inputs(method, paths, cache_dir)
+    tower = method.backbone.image_tokens if method.image_input == "tokens" else method.backbone.image_features
+    chunks = list(_chunks(paths, batch_size))
+    outputs = [
+        tower(_pixels(method, [load_rgb(p) for p in chunk])).cpu()
+        for chunk in tqdm(chunks, desc="embed images", unit="batch", disable=not progress)
+    ]
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
 def embed_catalog(
     method: Method,
     catalog: Catalog,
@@ -119,50 +139,39 @@ def embed_catalog(
     categories: list[str] | None = None,
     problems: ProblemLog | None = None,
     progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> Embeddings:
     """Embeddings of every readable image, every product's text, and every category node.
 
-    Methods with `embed_products` (CLIP-ITA) also get one fused vector per product, made from the
-    tower features of its `product_image` computed in the same pass (no image is encoded twice).
+    Methods with `embed_products` (CLIP-ITA) also get one fused vector per product from the tower
+    outputs of its `product_image` (no image is encoded twice). With `cache_dir`, a frozen image
+    tower's outputs are read from (and added to) the feature cache.
     """
     problems = problems if problems is not None else ProblemLog()
     method.eval()
-    fused = method.embed_products is not None
-    rows = []
-    for i, image in catalog.iter_images():
-        rows.append((catalog.products[i].id, image.source, catalog.image_path(image), i, image is product_image(catalog.products[i])))
-    vectors, kept = [], []
-    product_features: list[torch.Tensor | None] = [None] * len(catalog)
-    for chunk in tqdm(list(_chunks(rows, batch_size)), desc="embed images", unit="batch", disable=not progress):
-        images, loaded = [], []
-        for row in chunk:
-            try:
-                images.append(load_rgb(row[2]))
-                loaded.append(row)
-            except (OSError, ValueError) as exc:
-                problems.add("broken image", row[2], None, f"cannot decode: {exc}")
-        if images and fused:
-            chunk_vectors, features = embed_pil_images_and_features(method, images)
-            vectors.append(chunk_vectors)
-            for row, row_features in zip(loaded, features):
-                if row[4]:
-                    product_features[row[3]] = row_features
-        elif images:
-            vectors.append(embed_pil_images(method, images, batch_size))
-        kept.extend(loaded)
+    rows = [(i, image, catalog.image_path(image)) for i, image in catalog.iter_images()]
+    rows = [row for row, ok in zip(rows, readable_images([r[2] for r in rows], problems)) if ok]
+    outputs = image_tower_outputs(method, [r[2] for r in rows], batch_size, cache_dir, progress)
     products = catalog.products
     text = embed_product_texts(method, [method.product_text(p) for p in products], product_entity_ids(method, products))
     categories = catalog_categories(catalog) if categories is None else categories
+    fused = None
+    if method.embed_products is not None:
+        per_product: list[torch.Tensor | None] = [None] * len(products)
+        for (i, image, _), row_outputs in zip(rows, outputs):
+            if image is product_image(products[i]):
+                per_product[i] = row_outputs.float()
+        fused = embed_fused_products(method, products, per_product)
     return Embeddings(
-        image=np.concatenate(vectors) if vectors else np.zeros((0, method.backbone.embed_dim), np.float32),
-        image_product=np.array([r[0] for r in kept], dtype=str),
-        image_source=np.array([r[1] for r in kept], dtype=str),
-        image_path=np.array([str(r[2]) for r in kept], dtype=str),
+        image=embed_tower_outputs(method, outputs) if len(rows) else np.zeros((0, method.backbone.embed_dim), np.float32),
+        image_product=np.array([products[r[0]].id for r in rows], dtype=str),
+        image_source=np.array([r[1].source for r in rows], dtype=str),
+        image_path=np.array([str(r[2]) for r in rows], dtype=str),
         text=text,
         text_product=np.array([p.id for p in products], dtype=str),
         category=embed_category_paths(method, categories),
         category_path=np.array(categories, dtype=str),
-        product=embed_fused_products(method, products, product_features) if fused else None,
+        product=fused,
         meta={"method": method.name, "backbone": method.backbone.config.spec},
     )
 

@@ -90,6 +90,7 @@ def embed(
     split: str = typer.Option("test", help="test | train | all: which products of the run's catalog to embed."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/embeddings)."),
     device: str = typer.Option("cpu"),
+    feature_cache: Optional[Path] = typer.Option(None, help="Feature cache of a frozen image tower (default: the run's)."),
 ) -> None:
     """Write image, text and category embeddings of a catalog with a trained run."""
     with user_errors():
@@ -98,7 +99,8 @@ def embed(
 
         loaded = load_run(run, device)
         products = run_catalog(loaded, catalog, split)
-        embeddings = embed_catalog(loaded.method, products)
+        cache = feature_cache or loaded.feature_cache_dir()
+        embeddings = embed_catalog(loaded.method, products, cache_dir=cache)
         embeddings.meta.update(run=str(run), model_id=loaded.model_id, split=split)
         target = embeddings.save(out or run / "embeddings")
         typer.echo(f"{len(embeddings.image)} images, {len(embeddings.text)} products -> {target}")

@@ -21,11 +21,19 @@ class Run:
     #: identifies config + weights; an index built with one model refuses another's queries
     model_id: str
 
+    def feature_cache_dir(self) -> Path:
+        """Where the run's frozen-tower outputs are cached (as the trainer chose it)."""
+        return feature_cache_dir(self.config, self.run_dir)
+
     def split_ids(self) -> dict[str, list[str]]:
         path = self.run_dir / "split.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: the run has no split (was it trained with catalogclip?)")
         return json.loads(path.read_text())
+
+
+def feature_cache_dir(config: RunConfig, run_dir: Path) -> Path:
+    return Path(config.data.feature_cache) if config.data.feature_cache else Path(run_dir).parent / ".featcache"
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

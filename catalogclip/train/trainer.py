@@ -27,6 +27,7 @@ from catalogclip.models import methods
 from catalogclip.models.methods import Method
 from catalogclip.train import distributed
 from catalogclip.train.config import RunConfig
+from catalogclip.train.runs import feature_cache_dir
 from catalogclip.train.data import PairData, build_pairs, iterate_batches, usable_batches
 
 StepHook = Callable[[int, dict], None]
@@ -141,7 +142,7 @@ class Trainer:
             split.save(self.run_dir / "split.json")
             if vocabs is not None:
                 vocabs.save(vocab_path)
-        cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else self.run_dir.parent / ".featcache"
+        cache_dir = feature_cache_dir(cfg, self.run_dir)
         data = build_pairs(method, split.train, self.problems, cfg.data.sources, cache_dir)
         return method, data
 
