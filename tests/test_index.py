@@ -299,3 +299,42 @@ def test_products_keep_their_fields_through_the_store(tmp_path):
     assert index.image_file(p, 0) == tmp_path.resolve() / "a.png"
     with pytest.raises(KeyError, match="has no image 1"):
         index.image_file(p, 1)
+
+
+def test_cli_index_update_and_search_with_a_trained_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from catalogclip.cli import app
+
+    catalog = write_catalog(tmp_path / "shop")
+    runner = CliRunner()
+
+    def cli(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    trained = cli("train", "--out", tmp_path / "run", "--catalog", catalog, "--backbone", "tiny", "--method", "clip", "--max-steps", 1, "--no-progress")
+    assert trained.exit_code == 0, trained.output
+    built = cli("index", "--run", tmp_path / "run", "--out", tmp_path / "idx", "--no-progress")
+    assert built.exit_code == 0, built.output
+    assert "indexed 12 products (18 images)" in built.output and "(flat, model clip-" in built.output
+    info = ProductIndex.open(tmp_path / "idx").info
+    assert info["run"] == str((tmp_path / "run").resolve()) and info["config"]["method"] == "clip"
+
+    found = cli("search", "--index", tmp_path / "idx", "red shoes", "-k", 3, "--json", "-f", "price=..60", "-f", "category=Footwear")
+    assert found.exit_code == 0, found.output
+    body = json.loads(found.output)
+    assert len(body["results"]) == 2 and {r["id"] for r in body["results"]} == {"p00", "p03"}
+    table = cli("search", "--index", tmp_path / "idx", "--similar", "p00", "-k", 2)
+    assert table.exit_code == 0 and "2 results in" in table.output
+
+    for args, message in [
+        (("search", "--index", tmp_path / "idx", "red", "-f", "size=M"), "unknown filter field 'size'"),
+        (("search", "--index", tmp_path / "idx"), "give exactly one query"),
+        (("search", "--index", tmp_path / "idx", "--image", catalog), "not a readable image"),
+        (("search", "--index", tmp_path / "nowhere", "red"), "not a search index"),
+    ]:
+        failed = cli(*args)
+        assert failed.exit_code == 2 and message in failed.output, failed.output
+
+    updated = cli("index", "--run", tmp_path / "run", "--out", tmp_path / "idx", "--update", "--no-progress")
+    assert updated.exit_code == 0 and "0 added, 0 changed, 0 deleted, 12 unchanged" in updated.output

@@ -127,3 +127,15 @@ def test_parse_filter_args_from_the_command_line():
 def test_normalise_category():
     assert normalise_category(" Footwear>Shoes >Sneakers ") == "Footwear > Shoes > Sneakers"
     assert normalise_category(["Footwear", " Shoes"]) == "Footwear > Shoes"
+
+
+def test_linker_reads_the_run_entity_vocabularies():
+    from catalogclip.catalog.vocab import EntityVocab, EntityVocabs
+
+    vocabs = EntityVocabs([
+        EntityVocab.build("brand", ["Puma", "puma", "Golden Goose"]),
+        EntityVocab.build("colour", ["Black", "Navy Blue"]),
+    ])
+    entities, _ = EntityLinker(vocab_values(vocabs)).entities("navy blue golden goose sneakers")
+    assert entities == {"colour": "Navy Blue", "brand": "Golden Goose"}
+    assert vocabs.encode_values(entities) == [vocabs["brand"].id("Golden Goose"), vocabs["colour"].id("Navy Blue")]

@@ -240,8 +240,11 @@ def _jsonable(errors: list[dict]) -> list[dict]:
 
 def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service until interrupted."""
+    import faiss
     import uvicorn
 
+    # a request searches one query: FAISS threads would only contend; concurrency comes from requests
+    faiss.omp_set_num_threads(1)
     uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
 
 
