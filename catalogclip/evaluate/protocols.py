@@ -321,9 +321,6 @@ class ProtocolOptions:
     #: image sources of queries and gallery of the `product` protocol (evaluate/product_retrieval.py)
     query_source: str = "customer"
     gallery_source: str = "merchant"
-    #: `product` protocol: image source of the queries and of the candidates (the gallery)
-    query_source: str = "customer"
-    gallery_source: str = "merchant"
 
 
 PROTOCOLS: Registry[Callable[[Inventory, ProtocolOptions], list[Task]]] = Registry("protocol")
@@ -492,7 +489,3 @@ def candidate_lists_for(inventory: Inventory, options: ProtocolOptions) -> Candi
 def seen_categories(catalog: Catalog | Sequence[Product]) -> set[str]:
     """Every category node of a (training) catalog."""
     return {node for product in catalog for node in category_nodes(product)}
-
-
-# protocols kept in their own modules register on import (at the end: they import this module)
-from catalogclip.evaluate import product_retrieval  # noqa: E402,F401
