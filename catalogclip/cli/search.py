@@ -32,37 +32,20 @@ def index(
     """
     with user_errors():
         from catalogclip.catalog.problems import ProblemLog
-        from catalogclip.catalog.schema import read_jsonl
-        from catalogclip.embed import RunEncoder
-        from catalogclip.search.build import BuildOptions, build_index, update_index
-        from catalogclip.search.index import ProductIndex
+        from catalogclip.search.build import BuildOptions, index_run
         from catalogclip.search.vectors import VectorParams
-        from catalogclip.train.runs import load_run
 
-        loaded = load_run(run, device)
         problems = ProblemLog()
-        products = read_jsonl(catalog or loaded.config.data.catalog, problems)
-        encoder = RunEncoder(method=loaded.method, model_id=loaded.model_id)
-        options = BuildOptions(
-            kind=kind,
-            params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search),
-            batch_size=batch_size,
-            progress=progress,
-            run=str(run.resolve()),
-            config=loaded.config.to_dict(),
-        )
-        if update:
-            built = ProductIndex.open(out)
-            summary = update_index(encoder, products, built, options, problems)
-            message = f"updated {out}: {summary}"
-        else:
-            built = build_index(encoder, products, out, options, problems)
-            message = f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id})"
+        options = BuildOptions(kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), batch_size=batch_size, progress=progress)
+        built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)
         if problems.problems:
             problems.report(out=sys.stderr)
         if problems_file is not None:
             problems.write(problems_file)
-        typer.echo(message)
+        if summary is not None:
+            typer.echo(f"updated {out}: {summary}")
+        else:
+            typer.echo(f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id})")
 
 
 @app.command()

@@ -198,3 +198,30 @@ def _rebased(product: Product, catalog: Catalog, root: Path) -> Product:
     root = Path(root).resolve()
     images = [ImageRef(_relative_path(catalog.image_path(im), root), im.source, im.bbox) for im in product.images]
     return replace(product, images=images)
+
+
+def index_run(
+    run_dir: str | Path,
+    out: str | Path,
+    catalog: str | Path | None = None,
+    *,
+    update: bool = False,
+    options: BuildOptions | None = None,
+    device: str = "cpu",
+    problems: ProblemLog | None = None,
+) -> tuple[ProductIndex, UpdateSummary | None]:
+    """Index a catalog (default: the run's own) with a trained run's model: a new index at
+    `out`, or with `update`, the existing one brought in line with the catalog."""
+    from catalogclip.catalog.schema import read_jsonl
+    from catalogclip.embed import RunEncoder
+    from catalogclip.train.runs import load_run
+
+    problems = problems if problems is not None else ProblemLog()
+    loaded = load_run(run_dir, device)
+    products = read_jsonl(catalog or loaded.config.data.catalog, problems)
+    encoder = RunEncoder(method=loaded.method, model_id=loaded.model_id)
+    options = replace(options or BuildOptions(), run=str(Path(run_dir).resolve()), config=loaded.config.to_dict())
+    if update:
+        index = ProductIndex.open(out)
+        return index, update_index(encoder, products, index, options, problems)
+    return build_index(encoder, products, out, options, problems), None

@@ -177,10 +177,17 @@ class ProductIndex:
         return _normalise(self.vectors.reconstruct(np.asarray(vids)).mean(axis=0))
 
     def facets(self) -> dict[str, dict]:
-        return self.store.facets()
+        if self._facets is None:  # a full scan of the attribute table: once per committed state
+            self._facets = self.store.facets()
+        return self._facets
 
     def category_tree(self) -> list[dict]:
         """Nested [{"name", "path", "count", "children"}], counting products under each node."""
+        if self._tree is None:
+            self._tree = self._build_category_tree()
+        return self._tree
+
+    def _build_category_tree(self) -> list[dict]:
         root: dict = {"children": {}}
         for path, count in self.store.category_counts().items():
             node = root
@@ -292,6 +299,8 @@ class ProductIndex:
     def _refresh(self) -> None:
         self._vector_rows = self.store.vector_rows(self.vectors.ntotal)
         self._fields = self.store.fields()
+        self._facets: dict | None = None
+        self._tree: list[dict] | None = None
         self._max_images = self._count_max_images()
 
     def _count_max_images(self) -> int:
