@@ -98,35 +98,33 @@ def embed_images(
                         kept.append(ref)
                     else:
                         problems.add("broken image", catalog.image_path(catalog.products[ref[0]].images[ref[1]]), None, str(error))
-    dim = encoder.dim
-    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), kept
+    return (np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)), kept
 
 
 def _embed_shard(encoder: Encoder, catalog: Catalog, refs, shard_path: Path, batch_size: int, pool, bar) -> None:
     paths = [catalog.image_path(catalog.products[p].images[i]) for p, i in refs]
-    loaded = list(pool.map(_load, paths))
-    ok = np.array([not isinstance(x, str) for x in loaded], dtype=bool)
-    images = [x for x in loaded if not isinstance(x, str)]
-    out = []
-    for start in range(0, len(images), batch_size):
-        out.append(np.asarray(encoder.encode_images(images[start : start + batch_size]), dtype=np.float32))
-        bar.update(min(batch_size, len(images) - start))
-    bar.update(int((~ok).sum()))
+    out, errors = [], []
+    for start in range(0, len(paths), batch_size):  # decode per batch: memory stays one batch of images
+        loaded = list(pool.map(_load, paths[start : start + batch_size]))
+        images = [x for x in loaded if not isinstance(x, str)]
+        if images:
+            out.append(np.asarray(encoder.encode_images(images), dtype=np.float32))
+        errors += [x if isinstance(x, str) else "" for x in loaded]
+        bar.update(len(loaded))
     vectors = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
-    errors = np.array([x if isinstance(x, str) else "" for x in loaded], dtype=str)
     with atomic_path(shard_path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, vectors=vectors, ok=ok, errors=errors)
+            np.savez(fh, vectors=vectors, ok=np.array([not e for e in errors], dtype=bool), errors=np.array(errors, dtype=str))
 
 
-def _searchable(catalog: Catalog, vectors: np.ndarray, refs: list[tuple[int, int]], problems: ProblemLog):
+def _searchable(catalog: Catalog, refs: list[tuple[int, int]], problems: ProblemLog) -> tuple[list[Product], list[tuple[int, int]]]:
     """Drop products none of whose images could be embedded; renumber refs to the kept ones."""
     has_vector = {p for p, _ in refs}
     kept = [p for p in range(len(catalog)) if p in has_vector]
     for p in sorted(set(range(len(catalog))) - has_vector):
         problems.add("unsearchable product", catalog.root, None, f"product '{catalog.products[p].id}' has no readable image; left out")
     new_number = {old: new for new, old in enumerate(kept)}
-    return [catalog.products[p] for p in kept], vectors, [(new_number[p], i) for p, i in refs]
+    return [catalog.products[p] for p in kept], [(new_number[p], i) for p, i in refs]
 
 
 @dataclass
@@ -148,7 +146,7 @@ def build_index(
     check_replaceable(out)  # before the long part, not after it
     work = work_folder(out)
     vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
-    products, vectors, refs = _searchable(catalog, vectors, refs, problems)
+    products, refs = _searchable(catalog, refs, problems)
     products = [_rebased(p, catalog, catalog.root) for p in products]  # as `update_index` compares them
     index = ProductIndex.build(
         out, products, vectors, refs,
@@ -184,7 +182,7 @@ def update_index(
     to_embed = Catalog(fresh, index.catalog_root)
     work = work_folder(index.path)
     vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
-    products, vectors, refs = _searchable(to_embed, vectors, refs, problems)
+    products, refs = _searchable(to_embed, refs, problems)
     index.delete(gone + [p.id for p in fresh])
     index.add(products, vectors, refs)
     index.commit()
