@@ -1,2 +1,37 @@
 """`catalogclip demo`: the main job on the built-in synthetic catalog."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from catalogclip.cli.common import app, user_errors
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="Folder for the catalog, runs, report and index."),
+    products: int = typer.Option(300, help="Synthetic products to generate (3 images each)."),
+    backbone: str = typer.Option("twotower", help="twotower (pretrained, offline) | tiny (random, fastest) | openclip:..."),
+    epochs: int = typer.Option(8, help="Training epochs per method."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the search page at the end."),
+    port: int = typer.Option(8000, help="Port for --serve."),
+) -> None:
+    """Generate a synthetic catalog, train every method, evaluate, report, index and search it."""
+    with user_errors():
+        from catalogclip.demo import DemoConfig, run_demo
+
+        result = run_demo(DemoConfig(out=out, products=products, backbone=backbone, epochs=epochs), say=typer.echo)
+        for query, found in result.searches.items():
+            entities = ", ".join(f"{m['group']}={m['value']}" for m in found["entities"]) or "none"
+            top = "; ".join(r["product"]["title"] for r in found["results"][:3])
+            typer.echo(f"search '{query}' (entities: {entities}) -> {top}")
+        typer.echo(f"report: {result.report_html}")
+        typer.echo(f"serve the search page: catalogclip serve --index {result.index}")
+        (out / "searches.json").write_text(json.dumps(result.searches, indent=2))
+        if serve:
+            from catalogclip.search.engine import open_engine
+            from catalogclip.search.service import serve as serve_engine
+
+            serve_engine(open_engine(result.index), port=port)

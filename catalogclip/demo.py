@@ -1,0 +1,113 @@
+"""The main job on the built-in synthetic catalog: generate, train, evaluate, report, index, search.
+
+Every step is a library call the CLI also offers on its own; the demo only chains them:
+
+    catalog synth -> train (clip, clip + entities as text, eiclip, eclip, clipita)
+    -> embed + evaluate (full, sample100, category, zeroshot-cls; product + grounding for eclip)
+    -> BM25 baseline -> report (Markdown + HTML) -> index the EI-CLIP run -> example searches
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from catalogclip.models.backbones.base import BackboneConfig
+from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
+
+SYNTH_ENTITIES = ["brand", "colour", "pattern", "material", "season", "gender"]
+EXAMPLE_QUERIES = ["black puma sneakers", "golden goose print t-shirt", "red striped backpack"]
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("demo-out")
+    products: int = 300
+    backbone: str = "twotower"
+    epochs: int = 8
+    batch_size: int = 64
+    seed: int = 0
+    #: which methods to train; each becomes one row of the report
+    runs: dict[str, tuple[str, dict]] = field(
+        default_factory=lambda: {
+            "clip": ("clip", {}),
+            "clip-entities-as-text": ("clip", {"entities_as_text": ["brand", "colour", "pattern"]}),
+            "eiclip": ("eiclip", {"entity_groups": SYNTH_ENTITIES}),
+            "eclip": ("eclip", {}),
+            "clipita": ("clipita", {}),
+        }
+    )
+
+
+@dataclass
+class DemoResult:
+    catalog: Path
+    runs: dict[str, Path]
+    report_html: Path
+    index: Path
+    searches: dict[str, dict]
+
+
+def run_config(config: DemoConfig, catalog: Path, method: str, options: dict) -> RunConfig:
+    return RunConfig(
+        method=method,
+        method_options=options,
+        backbone=BackboneConfig(spec=config.backbone),
+        data=DataConfig(catalog=str(catalog), feature_cache=str(config.out / "featcache")),
+        optim=OptimConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, warmup_steps=10, log_every=10),
+    )
+
+
+def protocols_for(method: str) -> list[str]:
+    base = ["full", "sample100", "category", "zeroshot-cls"]
+    return base + ["product", "grounding"] if method == "eclip" else base
+
+
+def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResult:
+    from catalogclip.catalog.schema import read_jsonl
+    from catalogclip.catalog.stats import catalog_stats
+    from catalogclip.catalog.synth import generate_catalog
+    from catalogclip.embed import embed_catalog
+    from catalogclip.evaluate.report import write_report
+    from catalogclip.evaluate.runner import evaluate_baseline, evaluate_run, run_inputs
+    from catalogclip.train.runs import load_run
+    from catalogclip.train.trainer import train
+
+    out = config.out
+    say(f"1/6 synthetic catalog: {config.products} products")
+    catalog = generate_catalog(out / "catalog", n_products=config.products, seed=config.seed)
+    stats = catalog_stats(read_jsonl(catalog), check_images=False)
+    say(f"    {stats['products']} products, {stats['images']} images, category depth {stats['category']['depth']['max']}")
+
+    runs: dict[str, Path] = {}
+    for i, (name, (method, options)) in enumerate(config.runs.items(), start=1):
+        say(f"2/6 train {name} ({i}/{len(config.runs)}) on the {config.backbone} backbone")
+        run_dir = out / "runs" / name
+        train(run_config(config, catalog, method, options), run_dir, progress=False)
+        loaded = load_run(run_dir)
+        embed_catalog(loaded.method, run_inputs(run_dir).test, cache_dir=loaded.feature_cache_dir(), progress=False).save(run_dir / "embeddings")
+        say(f"3/6 evaluate {name}")
+        evaluate_run(run_dir, protocols_for(method))
+        runs[name] = run_dir
+
+    say("3/6 evaluate the BM25 baseline")
+    baseline = out / "runs" / "bm25"
+    evaluate_baseline("bm25", ["full", "sample100", "category"], baseline, run_inputs(runs["clip"]))
+
+    say("4/6 report")
+    report = write_report([baseline, *runs.values()], out / "report", baseline="clip")
+
+    say("5/6 index the catalog with the EI-CLIP run")
+    searches = index_and_search(runs["eiclip"], out / "index")
+    say("6/6 done")
+    return DemoResult(catalog, runs, report.html, out / "index", searches)
+
+
+def index_and_search(run_dir: Path, index_dir: Path) -> dict[str, dict]:
+    """Build the search index of the run's catalog and answer the example queries."""
+    from catalogclip.search.build import BuildOptions, index_run
+    from catalogclip.search.engine import open_engine
+
+    index_run(run_dir, index_dir, options=BuildOptions(progress=False))
+    engine = open_engine(index_dir, run_dir)
+    return {query: engine.search_text(query, k=5).to_json() for query in EXAMPLE_QUERIES}
