@@ -22,6 +22,8 @@ class DataConfig:
     sources: list[str] | None = None
     #: folder of the on-disk feature cache for frozen towers (None: <run>/../.featcache)
     feature_cache: str | None = None
+    #: run frozen towers once and reuse their outputs (False: every step runs them, e.g. to measure)
+    cache_features: bool = True
 
 
 @dataclass

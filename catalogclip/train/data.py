@@ -43,12 +43,20 @@ def readable_images(paths: list[Path], problems: ProblemLog) -> list[bool]:
 
 
 @torch.no_grad()
-def encode_texts_once(method: Method, texts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen text tower: features of each distinct text once. Returns (features, row -> feature index)."""
+def encode_texts_once(
+    method: Method, texts: list[str], batch_size: int = 256, cache_dir: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen text tower: features of each distinct text once (kept in the on-disk feature cache
+    when `cache_dir` is given, so runs sharing a tower share them). Returns (features, row -> feature index)."""
     distinct = list(dict.fromkeys(texts))
     position = {t: i for i, t in enumerate(distinct)}
-    chunks = [method.backbone.text_features(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
     index = torch.tensor([position[t] for t in texts], dtype=torch.long)
+    if cache_dir is not None:
+        from catalogclip.train.featcache import FeatureCache
+
+        cache = FeatureCache(cache_dir, method.backbone, kind="text")
+        return cache.fill(distinct, batch_size=batch_size, progress=False).float(), index
+    chunks = [method.backbone.text_features(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
     return torch.cat(chunks).cpu(), index
 
 
@@ -86,8 +94,10 @@ def build_pairs(
     problems: ProblemLog,
     sources: list[str] | None = None,
     cache_dir: Path | None = None,
+    cache_features: bool = True,
 ) -> PairData:
-    """Collect the usable (image, product) pairs of a catalog and precompute frozen-tower inputs."""
+    """Collect the usable (image, product) pairs of a catalog and precompute frozen-tower inputs
+    (unless `cache_features` is off: then every batch runs the towers)."""
     rows = [(i, catalog.image_path(im)) for i, im in catalog.iter_images() if sources is None or im.source in sources]
     keep = readable_images([path for _, path in rows], problems)
     rows = [row for row, ok in zip(rows, keep) if ok]
@@ -101,7 +111,7 @@ def build_pairs(
         entity_ids = torch.tensor([method.vocabs.encode(p) for p in catalog.products], dtype=torch.long)
     text_features = text_index = None
     if method.backbone.text_tower_frozen:
-        text_features, text_index = encode_texts_once(method, texts)
+        text_features, text_index = encode_texts_once(method, texts, cache_dir=cache_dir)
     image_inputs = None
     if method.backbone.image_tower_frozen:
         image_inputs = cached_image_inputs(method, paths, cache_dir)

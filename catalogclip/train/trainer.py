@@ -143,7 +143,7 @@ class Trainer:
             if vocabs is not None:
                 vocabs.save(vocab_path)
         cache_dir = feature_cache_dir(cfg, self.run_dir)
-        data = build_pairs(method, split.train, self.problems, cfg.data.sources, cache_dir)
+        data = build_pairs(method, split.train, self.problems, cfg.data.sources, cache_dir, cfg.data.cache_features)
         return method, data
 
     # --- the loop -----------------------------------------------------------------------------
