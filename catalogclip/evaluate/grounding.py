@@ -133,7 +133,7 @@ def _token_cache(method: Method, cache_dir: str | Path | None):
     return FeatureCache(cache_dir, method.backbone, kind="tokens")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:  # reads the header only
         return image.size
 
@@ -148,7 +148,7 @@ def _query_batch(method: Method, catalog: Catalog, queries: list[tuple[int, Imag
         batch.entity_ids = torch.tensor(entity_ids, dtype=torch.long)
     if cache is not None:
         batch.image_tokens = cache.fill(paths, load_rgb, progress=False)
-        sizes = [_image_size(path) for path in paths]
+        sizes = [image_size(path) for path in paths]
     else:
         images = [load_rgb(path) for path in paths]
         transform = method.backbone.image_transform(train=False)
