@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -144,19 +145,35 @@ class CLIPITAMethod(Method):
         return product.title
 
     # --- text features (memoised when the text tower is frozen) -------------------------------
+    @property
+    def _text_key(self) -> str:
+        """The memo's key prefix; hashing the tower's weights is slow, so once per model."""
+        if self._text_feature_id is None:
+            self._text_feature_id = self.backbone.text_feature_id
+        return self._text_feature_id
+
     def encode_strings(self, texts: list[str]) -> torch.Tensor:
         """(B, F_txt) text-tower features; computed once per distinct string when the tower is frozen."""
         if not self.backbone.text_tower_frozen:
             return self.backbone.text_features(texts)
-        if self._text_feature_id is None:  # hashing the tower's weights is slow: once per model
-            self._text_feature_id = self.backbone.text_feature_id
-        keys = [(self._text_feature_id, t) for t in texts]
+        keys = [(self._text_key, t) for t in texts]
         missing = list(dict.fromkeys(k[1] for k in keys if k not in _FROZEN_TEXT_FEATURES))
         if missing:
             with torch.no_grad():
                 features = self.backbone.text_features(missing).float().cpu()
-            _FROZEN_TEXT_FEATURES.update({(self._text_feature_id, t): f for t, f in zip(missing, features)})
+            _FROZEN_TEXT_FEATURES.update({(self._text_key, t): f for t, f in zip(missing, features)})
         return torch.stack([_FROZEN_TEXT_FEATURES[k] for k in keys]).to(self.backbone.device)
+
+    def prime_text_features(self, texts: list[str], cache_dir: str | Path) -> None:
+        """Memoise the frozen text features of `texts` from the on-disk feature cache (computing and
+        adding the missing ones), so that runs in other processes do not encode them again."""
+        from catalogclip.train.featcache import FeatureCache
+
+        if not self.backbone.text_tower_frozen:
+            raise ValueError("only a frozen text tower's features can be cached")
+        distinct = [t for t in dict.fromkeys(texts) if (self._text_key, t) not in _FROZEN_TEXT_FEATURES]
+        features = FeatureCache(cache_dir, self.backbone, kind="text").fill(distinct, progress=False).float()
+        _FROZEN_TEXT_FEATURES.update({(self._text_key, t): f for t, f in zip(distinct, features)})
 
     def text_features(self, batch: Batch) -> torch.Tensor:
         if batch.text_features is not None:
