@@ -155,8 +155,10 @@ class VectorIndex:
         best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
         for start in range(0, len(ids), _EXACT_CHUNK):
             chunk = ids[start : start + _EXACT_CHUNK]
-            scores = self.reconstruct(chunk) @ query
-            best_scores, best_ids = _top_k(np.concatenate([best_scores, scores]), np.concatenate([best_ids, chunk]), k)
+            # faiss.knn, not numpy: a single-query BLAS gemv stalls for milliseconds on busy cores
+            scores, rows = faiss.knn(query.reshape(1, -1), self.reconstruct(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+            found = rows[0] >= 0
+            best_scores, best_ids = _top_k(np.concatenate([best_scores, scores[0][found]]), np.concatenate([best_ids, chunk[rows[0][found]]]), k)
         return best_scores, best_ids
 
     def _faiss_search(self, query: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int):
