@@ -64,10 +64,11 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Into the shared space; subclasses set `image_proj` (a head, or nn.Identity)."""
+        return self.image_proj(features)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.text_proj(features)
 
     #: dimension of `image_tokens`' last axis
     token_dim: int = 0

@@ -162,12 +162,6 @@ class OpenClipBackbone(Backbone):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_tower_frozen):
             return self.model.encode_text(tokens)
 
-    def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(features)
-
-    def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(features)
-
     @property
     def init_logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().reshape(-1)[0])

@@ -102,12 +102,6 @@ class TinyBackbone(Backbone):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_tower_frozen):
             return self.text_tower(texts)
 
-    def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(features)
-
-    def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(features)
-
     @property
     def feature_id(self) -> str:
         return f"tiny|image={weights_fingerprint(self.image_tower)}|{self.preprocess.id}"

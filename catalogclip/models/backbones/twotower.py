@@ -188,12 +188,6 @@ class TwoTowerBackbone(Backbone):
             hidden = self.text_tower(**encoded).last_hidden_state
         return mean_pool(hidden, encoded["attention_mask"])
 
-    def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(features)
-
-    def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(features)
-
     @property
     def feature_id(self) -> str:
         return f"twotower|{IMAGE_ARCH}={weights_fingerprint(self.image_tower)}|{self.preprocess.id}"
