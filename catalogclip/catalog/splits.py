@@ -7,13 +7,12 @@ order of the catalog. On disk a split is ``{"by", "seed", "test_fraction", "trai
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from catalogclip.catalog.schema import Catalog
-from catalogclip.io import atomic_write_json
+from catalogclip.io import atomic_write_json, read_json
 
 SPLIT_KINDS = ("product", "leaf")
 
@@ -65,10 +64,7 @@ class Split:
     @classmethod
     def load(cls, path: str | Path, catalog: Catalog) -> "Split":
         path = Path(path)
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+        obj = read_json(path)
         return cls.from_json(obj, catalog, where=str(path))
 
 

@@ -7,14 +7,13 @@ shown in its most frequent spelling.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from catalogclip.catalog.schema import Catalog, Product
-from catalogclip.io import atomic_write_json
+from catalogclip.io import atomic_write_json, read_json
 
 NONE, UNK = "<none>", "<unk>"
 NONE_ID, UNK_ID = 0, 1
@@ -159,10 +158,7 @@ class EntityVocabs:
     @classmethod
     def load(cls, path: str | Path) -> "EntityVocabs":
         path = Path(path)
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+        obj = read_json(path)
         try:
             return cls.from_json(obj)
         except ValueError as exc:

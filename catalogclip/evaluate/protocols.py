@@ -24,7 +24,6 @@ holds a few hundred MB of scores at a time and never the whole matrix.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
@@ -38,7 +37,7 @@ import numpy as np
 from catalogclip.catalog.schema import Catalog, Product
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.metrics import Qrels, Ranks, hit_curve, mean_metrics, relevant_ranks, sum_r, top_k
-from catalogclip.io import atomic_write_json
+from catalogclip.io import atomic_write_json, read_json
 from catalogclip.registry import Registry
 
 SIDES = ("text", "image", "product", "category")
@@ -268,10 +267,7 @@ class CandidateLists:
     @classmethod
     def load(cls, path: str | Path) -> "CandidateLists":
         path = Path(path)
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+        obj = read_json(path)
         lists = obj.get("lists") if isinstance(obj, dict) else None
         if not isinstance(lists, dict) or not all(isinstance(v, list) for v in lists.values()):
             raise ValueError(f"{path}: field 'lists' must map product ids to lists of product ids")

@@ -1,7 +1,6 @@
 """Gather what a report shows from run (or baseline) folders: eval results, gates, settings."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +8,7 @@ from typing import Sequence
 import yaml
 
 from catalogclip.evaluate.runner import CANDIDATES_FILE
+from catalogclip.io import read_json
 
 #: protocols in the order a report shows them; others follow alphabetically
 PROTOCOL_ORDER = ("full", "sample100", "category", "zeroshot-cls", "product", "grounding")
@@ -30,23 +30,16 @@ class Entry:
                 "gates": self.gates, "results": self.results}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
-
-
 def load_entry(folder: str | Path) -> Entry:
     folder = Path(folder)
     eval_dir = folder / "eval"
     files = sorted(p for p in eval_dir.glob("*.json") if p.name != CANDIDATES_FILE) if eval_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"{folder}: no evaluation results in {eval_dir} (run `catalogclip evaluate` first)")
-    results = {p.stem: _read_json(p) for p in files}
+    results = {p.stem: read_json(p) for p in files}
     baseline = folder / "baseline.json"
     if baseline.exists():
-        info = _read_json(baseline)
+        info = read_json(baseline)
         return Entry(str(info.get("label") or info.get("baseline") or folder.name), folder, "baseline", results, info)
     info = {}
     config = folder / "config.yaml"
@@ -55,7 +48,7 @@ def load_entry(folder: str | Path) -> Entry:
         info = {"method": settings.get("method"), "backbone": (settings.get("backbone") or {}).get("spec"),
                 "catalog": (settings.get("data") or {}).get("catalog")}
     gates_path = folder / "gates.json"
-    gates = {str(k): float(v) for k, v in _read_json(gates_path).items()} if gates_path.exists() else None
+    gates = {str(k): float(v) for k, v in read_json(gates_path).items()} if gates_path.exists() else None
     return Entry(folder.name, folder, "run", results, info, gates)
 
 
