@@ -114,3 +114,25 @@ def test_config_round_trips_through_yaml(tmp_path):
     config = tiny_run("c.jsonl", "eiclip", entity_groups=["brand"])
     config.save(tmp_path / "config.yaml")
     assert RunConfig.load(tmp_path / "config.yaml") == config
+
+
+def test_cli_settings_override_yaml_and_flags_override_settings(tmp_path):
+    from catalogclip.cli.train import build_run_config
+
+    path = tmp_path / "run.yaml"
+    tiny_run("c.jsonl", "eiclip", entity_groups=["brand"]).save(path)
+    run = build_run_config(
+        path, None, None, None, {"optim": {"epochs": 7}}, {"gates": "equal"},
+        ["optim.epochs=3", "backbone.augment=true", "backbone.extra.head=mlp", "method_options.entity_hidden=64"],
+    )
+    assert run.optim.epochs == 7  # the flag wins over --set
+    assert run.backbone.augment is True and run.backbone.extra == {"head": "mlp"}
+    assert run.method_options == {"entity_groups": ["brand"], "entity_hidden": 64, "gates": "equal"}
+    assert run.backbone.spec == "tiny"  # kept from the YAML file
+
+
+def test_cli_rejects_malformed_setting():
+    from catalogclip.cli.train import parse_settings
+
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_settings(["optim.epochs"])

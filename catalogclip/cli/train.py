@@ -13,6 +13,31 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """`--set section.key=value` pairs (values in YAML syntax) as a nested dict."""
+    import yaml
+
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects section.key=value, got '{pair}'")
+        *parents, leaf = key.strip().split(".")
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
 def build_run_config(
     config: Path | None,
     catalog: Path | None,
@@ -20,11 +45,14 @@ def build_run_config(
     backbone: str | None,
     overrides: dict,
     method_overrides: dict,
+    settings: list[str] = (),
 ):
-    """A RunConfig from an optional YAML file plus command-line overrides (flags win)."""
+    """A RunConfig from an optional YAML file, `--set` settings, then flags (flags win)."""
     from catalogclip.train.config import RunConfig
 
     run = RunConfig.load(config) if config else RunConfig()
+    if settings:
+        run = RunConfig.from_dict(_merge(run.to_dict(), parse_settings(list(settings))))
     if catalog is not None:
         run.data.catalog = str(catalog)
     if method is not None:
@@ -61,6 +89,7 @@ def train(
     gates: Optional[str] = typer.Option(None, help="eiclip gates: learned | equal"),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    settings: list[str] = typer.Option([], "--set", help="Any setting as section.key=value, e.g. backbone.augment=true."),
 ) -> None:
     """Train a method on a catalog."""
     with user_errors():
@@ -74,6 +103,7 @@ def train(
                 "backbone": {"embed_dim": embed_dim},
             },
             {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates},
+            settings,
         )
         if resume and not (out / "checkpoints" / "last.pt").exists():
             typer.echo(f"{out}: no checkpoint to resume from; starting fresh", err=True)

@@ -185,12 +185,12 @@ class Trainer:
                 step += 1
                 last_loss = float(losses["loss"].detach())
                 record = {"step": step, "epoch": epoch, **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
+                pairs_per_s = window_pairs / (time.perf_counter() - window_start)
                 if step % opt.log_every == 0 or step == last_step:
-                    elapsed = time.perf_counter() - window_start
-                    record.update(method.log_values(), lr=scheduler.get_last_lr()[0], pairs_per_s=round(window_pairs / elapsed, 2))
+                    record.update(method.log_values(), lr=scheduler.get_last_lr()[0], pairs_per_s=round(pairs_per_s, 2))
                     self._log(record)
                     window_start, window_pairs = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{last_loss:.4f}")
+                bar.set_postfix(loss=f"{last_loss:.4f}", pairs_per_s=f"{pairs_per_s:.1f}")
                 bar.update(1)
                 if step % opt.checkpoint_every == 0 or step == last_step:
                     self._checkpoint(method, optimizer, scheduler, step, epoch, batch_no + 1)
