@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from catalogclip.io import read_json
 from catalogclip.models.methods import Method, build_method, method_config
 from catalogclip.train.config import RunConfig
 
@@ -29,7 +29,7 @@ class Run:
         path = self.run_dir / "split.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: the run has no split (was it trained with catalogclip?)")
-        return json.loads(path.read_text())
+        return read_json(path)
 
 
 def feature_cache_dir(config: RunConfig, run_dir: Path) -> Path:
@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     method.load_state_dict(state["model"])
     method.to(device).eval()
-    model_id = _model_id(config, state["step"], checkpoint)
+    model_id = _model_id(config_path, config.method, state["step"], checkpoint)
     return Run(run_dir, config, method, state["step"], model_id)
 
 
@@ -62,7 +62,9 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Meth
     return load_run(run_dir, device).method
 
 
-def _model_id(config: RunConfig, step: int, checkpoint: Path) -> str:
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+def _model_id(config_path: Path, method: str, step: int, checkpoint: Path) -> str:
+    """From the run's saved config file (not its parsed form, so new settings with defaults
+    added to the code later do not change it) and the checkpoint it loaded."""
+    digest = hashlib.sha256(config_path.read_bytes())
     digest.update(f"{step}:{checkpoint.stat().st_size}".encode())
-    return f"{config.method}-{digest.hexdigest()[:16]}"
+    return f"{method}-{digest.hexdigest()[:16]}"
