@@ -18,6 +18,8 @@ from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl, w
 from catalogclip.cli import app
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.protocols import Inventory
+from catalogclip.evaluate.report.collect import load_entries
+from catalogclip.evaluate.report.tables import build_tables
 from catalogclip.evaluate.runner import _missing_category_vectors
 
 LEAVES = {"X": ("Apparel", "Shirts"), "Y": ("Apparel", "Jeans"), "Z": ("Footwear", "Boots")}
@@ -171,6 +173,23 @@ def test_report_refuses_an_unknown_baseline(evaluated, tmp_path):
     run, base = evaluated
     result = _invoke("report", run, base, "--out", tmp_path / "r", "--baseline", "clip")
     assert result.exit_code == 2 and "none of the reported models (run, bm25)" in result.output
+
+
+def test_other_protocols_get_generic_tables(tmp_path):
+    """Protocols without a paper layout (product, grounding) still get every number in a table."""
+    for name, acc in (("a", 0.5), ("b", 0.75)):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        product = {"tasks": {"fine": {"metrics": {"all": {"R@1": acc, "mAP@5": acc / 2}}},
+                             "coarse": {"metrics": {"all": {"R@1": acc + 0.1}}}}}
+        grounding = {"protocol": "grounding", "n": 40, "Acc@0.5": acc, "mIoU": acc - 0.1, "by_source": {}}
+        (tmp_path / name / "eval" / "product.json").write_text(json.dumps(product))
+        (tmp_path / name / "eval" / "grounding.json").write_text(json.dumps(grounding))
+    tables = {t.key: t for t in build_tables(load_entries([tmp_path / "a", tmp_path / "b"]), baseline="a")}
+    assert tables["product"].columns == ["fine R@1", "fine mAP@5", "coarse R@1"]
+    assert tables["product"].rows[1].values == [0.75, 0.375, 0.85]
+    assert tables["product"].rows[1].delta == pytest.approx(50.0)
+    assert tables["grounding"].columns == ["Acc@0.5", "mIoU"]  # the count `n` is no metric
+    assert tables["grounding"].rows[0].values == [0.5, pytest.approx(0.4)]
 
 
 def test_category_vectors_come_from_the_model_when_missing(tmp_path):
