@@ -109,6 +109,19 @@ def test_with_one_query_the_image_text_loss_is_clips():
     assert parts["loss_saliency"].item() == pytest.approx(0.0, abs=1e-6)  # one query: nothing to choose
 
 
+def test_an_image_without_text_is_its_saliency_weighted_or_most_salient_instance():
+    method = _tiny_eclip().eval()
+    batch = Batch(product_keys=torch.tensor([0, 1]), texts=["", ""], images=torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        inst = method.instances(batch)
+        soft = method.embed_images(batch)
+        method.config.salient_query = "argmax"
+        hard = method.embed_images(batch)
+    weighted = inst.saliency.softmax(dim=-1)[:, :, None] * inst.embeddings
+    assert torch.allclose(soft, F.normalize(weighted.sum(dim=1), dim=-1), atol=1e-6)
+    assert torch.allclose(hard, inst.embeddings[torch.arange(2), inst.saliency.argmax(dim=-1)])
+
+
 def test_inter_product_loss_is_zero_without_a_second_view():
     method = _tiny_eclip()
     batch = Batch(product_keys=torch.tensor([0, 1, 2]), texts=["a", "b", "c"], images=torch.randn(3, 3, 64, 64))
@@ -167,6 +180,8 @@ def test_a_different_token_grid_is_refused_with_a_reason():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="decoder_dim \\(30\\) must be divisible by heads \\(4\\)"):
         build_method("eclip", BackboneConfig(spec="tiny"), {"decoder_dim": 30, "heads": 4})
+    with pytest.raises(ValueError, match="salient_query must be one of soft, argmax"):
+        build_method("eclip", BackboneConfig(spec="tiny"), {"salient_query": "max"})
     with pytest.raises(ValueError, match="unknown setting"):
         build_method("eclip", BackboneConfig(spec="tiny"), {"n_querys": 4})
 

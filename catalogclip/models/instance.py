@@ -22,6 +22,9 @@ from catalogclip.models.batch import Batch
 from catalogclip.models.methods import METHODS, Method, MethodConfig
 
 
+SALIENT_RULES = ("soft", "argmax")
+
+
 @dataclass
 class EClipConfig(MethodConfig):
     n_queries: int = 8
@@ -40,6 +43,9 @@ class EClipConfig(MethodConfig):
     weight_saliency: float = 1.0
     #: images per product packed into a batch (the intra-/inter-product losses need several)
     views_per_product: int = 3
+    #: an image without text: "soft" = the saliency-softmax-weighted instance embeddings (what the
+    #: intra-product loss trains), "argmax" = the instance of the single most salient query
+    salient_query: str = "soft"
 
     def __post_init__(self) -> None:
         for name in ("n_queries", "n_layers", "decoder_dim", "heads", "ffn_mult", "views_per_product"):
@@ -49,6 +55,8 @@ class EClipConfig(MethodConfig):
             raise ValueError(f"eclip: decoder_dim ({self.decoder_dim}) must be divisible by heads ({self.heads})")
         if self.select_temperature <= 0:
             raise ValueError(f"eclip: select_temperature must be positive, got {self.select_temperature}")
+        if self.salient_query not in SALIENT_RULES:
+            raise ValueError(f"eclip: salient_query must be one of {', '.join(SALIENT_RULES)}, got '{self.salient_query}'")
         for name in ("weight_itc", "weight_inter", "weight_intra", "weight_saliency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eclip: {name} must not be negative, got {getattr(self, name)}")
@@ -152,6 +160,11 @@ def text_selection(instances: torch.Tensor, texts: torch.Tensor, temperature: fl
     return weights, (weights * sims).sum(dim=-1) / norm_sq.clamp_min(1e-12).sqrt()
 
 
+def saliency_weighted(instances: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """(B, E) unit sum of the instance embeddings (B, N, E) weighted by the softmax of their saliency (B, N)."""
+    return F.normalize(torch.einsum("bn,bne->be", saliency.softmax(dim=-1), instances), dim=-1)
+
+
 def _symmetric_loss(logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
     return (multi_positive_cross_entropy(logits, pos_mask) + multi_positive_cross_entropy(logits.t(), pos_mask.t())) / 2
 
@@ -223,8 +236,10 @@ class EClipMethod(Method):
         return Instances(embeddings, self.saliency(outputs).squeeze(-1), assignment)
 
     def embed_images(self, batch: Batch) -> torch.Tensor:
-        """Without text: the instance embedding of the most salient query."""
+        """Without text: the saliency-weighted instance embedding, or the most salient query's (`salient_query`)."""
         inst = self.instances(batch)
+        if self.config.salient_query == "soft":
+            return saliency_weighted(inst.embeddings, inst.saliency)
         winner = inst.saliency.argmax(dim=-1)
         return inst.embeddings[torch.arange(len(winner), device=winner.device), winner]
 
@@ -254,7 +269,7 @@ class EClipMethod(Method):
         # inter-product: each image's instance picked by its own text, against every other image's
         picked = F.normalize(torch.einsum("bn,bne->be", own_weights, embeddings), dim=-1)
         # intra-product: the text-free (saliency-weighted) image embeddings and the product texts together
-        salient = F.normalize(torch.einsum("bn,bne->be", saliency.softmax(dim=-1), embeddings), dim=-1)
+        salient = saliency_weighted(embeddings, saliency)
         members = torch.cat([salient, texts[first_of_each(keys)]])
         parts = {
             "loss_itc": _symmetric_loss(scale * cosine, positive_mask(keys)),
