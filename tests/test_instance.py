@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from catalogclip.catalog.schema import read_jsonl
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl
 from catalogclip.catalog.splits import Split
 from catalogclip.catalog.synth import generate_catalog
 from catalogclip.embed import embed_catalog
@@ -155,19 +156,37 @@ def test_shapes_with_cnn_feature_map_tokens():
     _check_shapes(method, 64)
 
 
-def test_shapes_with_vit_patch_tokens(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> str:
+    """Spec of a tiny random-weight open_clip ViT (32 px, 8 px patches: a 4x4 token grid)."""
     open_clip = pytest.importorskip("open_clip")
     config = {
         "embed_dim": 24,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
-    (tmp_path / "eclip-test-vit.json").write_text(json.dumps(config))
-    open_clip.add_model_config(tmp_path / "eclip-test-vit.json")
+    path = tmp_path_factory.mktemp("openclip") / "eclip-test-vit.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return "openclip:eclip-test-vit"
+
+
+def test_shapes_with_vit_patch_tokens(tiny_vit):
     torch.manual_seed(0)
-    method = build_method("eclip", BackboneConfig(spec="openclip:eclip-test-vit"), SMALL)
+    method = build_method("eclip", BackboneConfig(spec=tiny_vit), SMALL)
     assert method.backbone.token_grid() == (4, 4) and method.backbone.token_dim == 64
     _check_shapes(method, 32)
+
+
+def test_vit_patch_tokens_give_clip_no_dense_grounding(tiny_vit, tmp_path):
+    """open_clip's pooled feature is not the mean of its patch tokens: the dense map is refused."""
+    torch.manual_seed(0)
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "a.png")
+    catalog = Catalog([Product("a", "a red thing", images=[ImageRef("a.png", "customer", (4, 4, 20, 20))])], tmp_path)
+    with pytest.raises(ValueError, match="cannot ground with backbone 'openclip:eclip-test-vit'"):
+        evaluate_grounding(build_method("clip", BackboneConfig(spec=tiny_vit)), catalog, progress=False)
+    eclip = evaluate_grounding(build_method("eclip", BackboneConfig(spec=tiny_vit), SMALL), catalog, progress=False)
+    assert eclip["n"] == 1
 
 
 def test_a_different_token_grid_is_refused_with_a_reason():

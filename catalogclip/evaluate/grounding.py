@@ -3,10 +3,11 @@
 A method gives, for an image and its product's text, a map over the backbone's token grid: ECLIP
 the attention of the instance query the text selects (`grounding_maps`); any other method the
 cosine of each projected token with the text (a dense CLIP map, valid where the image features are
-the mean of the tokens, as for the `tiny` and `twotower` backbones). The map is upsampled over the
-part of the image the backbone sees, scaled to [0, 1], thresholded, and the box of one connected
-region is the answer: the region holding the most attention ("mass", default) or the largest one
-("area"). Acc@t is the share of images whose box has IoU >= t with the ground-truth `bbox`.
+the mean of the tokens, as for the `tiny` and `twotower` backbones; checked on the first image).
+The map is upsampled over the part of the image the backbone sees, scaled to [0, 1], thresholded,
+and the box of one connected region is the answer: the region holding the most attention ("mass",
+default) or the largest one ("area"). Acc@t is the share of images whose box has IoU >= t with
+the ground-truth `bbox`.
 """
 from __future__ import annotations
 
@@ -81,6 +82,20 @@ def visible_box(method: Method, width: int, height: int) -> Box:
     """The part of an image the backbone's eval transform shows (the whole image if it does not say)."""
     preprocess = getattr(method.backbone, "preprocess", None)
     return preprocess.visible_box(width, height) if preprocess is not None else (0.0, 0.0, float(width), float(height))
+
+
+@torch.no_grad()
+def check_dense_grounding(method: Method, image: Image.Image) -> None:
+    """Dense maps need image features that are the mean of the tokens (then the projection applies
+    to each token); raises ValueError naming the backbone when they are not (e.g. ViT patch tokens)."""
+    pixels = method.backbone.image_transform(train=False)(image.convert("RGB"))[None].to(method.backbone.device)
+    pooled = method.backbone.image_tokens(pixels).mean(dim=1)
+    features = method.backbone.image_features(pixels)
+    if pooled.shape != features.shape or not torch.allclose(pooled, features, rtol=1e-3, atol=1e-4):
+        raise ValueError(
+            f"method '{method.name}' cannot ground with backbone '{method.backbone.config.spec}': its image features "
+            "are not the mean of its tokens, so the tokens have no place in the joint space (eclip grounds with its decoder)"
+        )
 
 
 @torch.no_grad()
@@ -178,6 +193,8 @@ def evaluate_grounding(
     queries = grounding_queries(catalog, sources)
     if not queries:
         raise ValueError("no image with a ground-truth box (bbox) to ground" + (f" among sources {list(sources)}" if sources else ""))
+    if getattr(method, "grounding_maps", None) is None:
+        check_dense_grounding(method, load_rgb(catalog.image_path(queries[0][1])))
     cache = _token_cache(method, cache_dir)
     by_source: dict[str, list[float]] = defaultdict(list)
     for start in tqdm(range(0, len(queries), batch_size), desc="grounding", unit="batch", disable=not progress):
