@@ -269,3 +269,50 @@ def test_unknown_protocol_lists_known(three_products):
     inv = Inventory.from_embeddings(emb, catalog)
     with pytest.raises(KeyError, match="category, full, product, sample100, zeroshot-cls"):
         evaluate("nope", inv, EmbeddingScorer(emb, inv))
+
+
+def _tied_full_setup(seed: int, shuffle: bool):
+    """Integer-valued vectors: every dot product is exact, so any way of computing the scores gives
+    the same numbers, with many ties. Products have 1-3 images, optionally in shuffled row order."""
+    rng = np.random.default_rng(seed)
+    products = [_product(f"p{i:02d}", ["R"], n_images=1 + i % 3) for i in range(17)]
+    catalog = Catalog(products)
+    emb = _embeddings(catalog, np.ones((sum(len(p.images) for p in products), 3)), np.ones((17, 3)))
+    emb.text = rng.integers(-1, 2, (17, 3)).astype(np.float32)
+    emb.image = rng.integers(-1, 2, (len(emb.image), 3)).astype(np.float32)
+    if shuffle:
+        order = rng.permutation(len(emb.image))
+        emb.image, emb.image_product = emb.image[order], emb.image_product[order]
+        emb.image_source, emb.image_path = emb.image_source[order], emb.image_path[order]
+    return catalog, emb
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1, 8 * 40 * 3, 2**30])
+def test_paired_full_equals_ranking_each_direction(shuffle, chunk_bytes):
+    from catalogclip.evaluate.protocols import ProtocolOptions, full_tasks, run_task, transposed_pair
+
+    catalog, emb = _tied_full_setup(seed=5, shuffle=shuffle)
+    inv = Inventory.from_embeddings(emb, catalog)
+    scorer = EmbeddingScorer(emb, inv)
+    tasks = full_tasks(inv, ProtocolOptions())
+    assert transposed_pair(tasks, scorer) == (tasks[1], tasks[0])  # rows: t2i, columns: i2t
+    paired = evaluate("full", inv, scorer, chunk_bytes=chunk_bytes, n_examples=3)
+    for task in tasks:
+        alone = run_task(task, scorer, inv, n_examples=3, chunk_bytes=chunk_bytes)
+        assert paired["tasks"][task.name]["metrics"] == alone["metrics"]
+        assert paired["tasks"][task.name]["curve"] == alone["curve"]
+        assert paired["tasks"][task.name]["examples"] == alone["examples"]
+    # and both equal a stable sort of each image's row of S.T (ties by text index)
+    texts = emb.text[[list(emb.text_product).index(p.id) for p in inv.products]]
+    naive = _naive_ranks(emb.image[inv.image_index] @ texts.T, Qrels.from_labels(inv.image_product, np.arange(17)))
+    assert paired["tasks"]["i2t"]["metrics"]["all"] == pytest.approx(mean_metrics(naive, ["R@1", "R@5", "R@10", "MRR"]))
+
+
+def test_pairs_are_only_used_when_the_tasks_are_transposes(three_products):
+    from catalogclip.evaluate.protocols import ProtocolOptions, full_tasks, sample100_tasks, transposed_pair
+
+    catalog, emb = three_products
+    inv = Inventory.from_embeddings(emb, catalog)
+    assert transposed_pair(sample100_tasks(inv, ProtocolOptions(n_negatives=1)), EmbeddingScorer(emb, inv)) is None
+    assert transposed_pair(full_tasks(inv, ProtocolOptions()), _ConstantScorer()) is None

@@ -20,7 +20,9 @@ metrics. Protocols, by name (`PROTOCOLS`):
   products); Acc@1 and Acc@5.
 
 Scores are computed in chunks of queries sized to a memory budget, so a 35k x 35k evaluation
-holds a few hundred MB of scores at a time and never the whole matrix.
+holds a few hundred MB of scores at a time and never the whole matrix. The two directions of
+``full`` rank the rows and the columns of one matrix, which is then computed once for both
+(`paired`), with the same ranks as ranking each direction on its own.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import numpy as np
 from catalogclip.catalog.schema import Catalog, Product
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.metrics import Qrels, Ranks, hit_curve, mean_metrics, relevant_ranks, sum_r, top_k
+from catalogclip.evaluate.paired import paired_ranks
 from catalogclip.io import atomic_write_json, read_json
 from catalogclip.registry import Registry
 
@@ -404,38 +407,90 @@ def zeroshot_tasks(inv: Inventory, options: ProtocolOptions) -> list[Task]:
 # --- running -----------------------------------------------------------------------------------
 
 
+def _example_positions(n_queries: int, n_examples: int) -> set[int]:
+    """Which queries a result shows with their top candidates: spread evenly over the queries."""
+    return set(np.linspace(0, n_queries - 1, min(n_examples, n_queries)).astype(int).tolist()) if n_queries else set()
+
+
+def _chunk_rows(task: Task, inventory: Inventory, chunk_bytes: int) -> int:
+    # 8 bytes per score: the float32 scores plus the comparison masks made from them
+    return max(1, chunk_bytes // (8 * max(inventory.size("image"), len(task.candidates))))
+
+
 def run_task(task: Task, scorer: Scorer, inventory: Inventory, n_examples: int = 8, top: int = 5,
              chunk_bytes: int = CHUNK_BYTES) -> dict:
     """Rank, average and describe one task: metrics per group, R@K curve and example queries."""
     started = time.perf_counter()
     scores_of = scorer.score_fn(task)
     n_queries = len(task.queries)
-    chunk = max(1, chunk_bytes // (8 * max(inventory.size("image"), len(task.candidates))))
-    examples = set(np.linspace(0, n_queries - 1, min(n_examples, n_queries)).astype(int).tolist()) if n_queries else set()
+    chunk = _chunk_rows(task, inventory, chunk_bytes)
+    examples = _example_positions(n_queries, n_examples)
     parts: list[Ranks] = []
-    shown: dict[int, list[dict]] = {}
+    shown: dict[int, np.ndarray] = {}
     for start in range(0, n_queries, chunk):
         stop = min(start + chunk, n_queries)
         scores = scores_of(task.queries[start:stop])
         if task.shortlists is not None:
             scores = np.take_along_axis(scores, task.shortlists[start:stop], axis=1)
         parts.append(relevant_ranks(scores, task.qrels.rows(start, stop)))
-        for q in sorted(e for e in examples if start <= e < stop):
-            shown[q] = _top_candidates(task, inventory, q, scores[q - start], top)
-    ranks = Ranks.concat(parts)
+        shown.update({q: scores[q - start] for q in examples if start <= q < stop})
+    return _task_result(task, inventory, Ranks.concat(parts), shown, top, started)
+
+
+def _task_result(task: Task, inventory: Inventory, ranks: Ranks, shown: dict[int, np.ndarray], top: int,
+                 started: float) -> dict:
     groups = {"all": ranks, **{name: ranks.subset(rows) for name, rows in task.groups.items()}}
     return {
         "query_side": task.query_side,
         "candidate_side": task.candidate_side,
-        "n_queries": n_queries,
+        "n_queries": len(task.queries),
         "n_candidates": int(task.shortlists.shape[1]) if task.shortlists is not None else len(task.candidates),
         "n_queries_per_group": {name: r.n_queries for name, r in groups.items()},
         "metrics": {name: mean_metrics(r, task.metrics) for name, r in groups.items()},
         "curve": {"k": list(range(1, CURVE_MAX_K + 1)), "R@K": hit_curve(ranks, CURVE_MAX_K).tolist()},
         "examples": [
-            {"query": inventory.describe(task.query_side, int(task.queries[q])), "top": shown[q]} for q in sorted(shown)
+            {"query": inventory.describe(task.query_side, int(task.queries[q])),
+             "top": _top_candidates(task, inventory, q, shown[q], top)}
+            for q in sorted(shown)
         ],
         "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def transposed_pair(tasks: Sequence[Task], scorer: Scorer) -> tuple[Task, Task] | None:
+    """(rows task, columns task) when two tasks rank the rows and the columns of one score matrix
+    whose columns each have one relevant row (I2T + T2I of `full`), and the scorer has the vectors."""
+    if len(tasks) != 2 or not isinstance(scorer, EmbeddingScorer):
+        return None
+    for rows, cols in (tasks, tasks[::-1]):
+        if (rows.shortlists is None and cols.shortlists is None and rows.query_side == cols.candidate_side
+                and rows.candidate_side == cols.query_side and "product" not in (rows.query_side, rows.candidate_side)
+                and np.array_equal(rows.queries, cols.candidates) and np.array_equal(rows.candidates, cols.queries)
+                and (cols.qrels.n_relevant == 1).all() and _same_pairs(rows.qrels, cols.qrels)):
+            return rows, cols
+    return None
+
+
+def _same_pairs(rows: Qrels, cols: Qrels) -> bool:
+    """Whether `cols` holds exactly the (query, candidate) pairs of `rows`, transposed."""
+    pairs = np.stack([np.repeat(np.arange(rows.n_queries), rows.n_relevant), rows.indices], axis=1)
+    flipped = np.stack([cols.indices, np.repeat(np.arange(cols.n_queries), cols.n_relevant)], axis=1)
+    return len(pairs) == len(flipped) and np.array_equal(pairs[np.lexsort(pairs.T[::-1])], flipped[np.lexsort(flipped.T[::-1])])
+
+
+def run_transposed_pair(rows: Task, cols: Task, scorer: EmbeddingScorer, inventory: Inventory, n_examples: int = 8,
+                        top: int = 5, chunk_bytes: int = CHUNK_BYTES) -> dict[str, dict]:
+    """Both tasks of a `transposed_pair` from one pass over their score matrix (see `paired`)."""
+    started = time.perf_counter()
+    row_vectors = scorer.vectors(rows.query_side)[rows.queries]
+    column_vectors = scorer.vectors(rows.candidate_side)[rows.candidates]
+    paired = paired_ranks(
+        row_vectors, column_vectors, rows.qrels, cols.qrels.indices, _chunk_rows(rows, inventory, chunk_bytes),
+        _example_positions(len(rows.queries), n_examples), _example_positions(len(cols.queries), n_examples),
+    )
+    return {
+        rows.name: _task_result(rows, inventory, paired.rows, paired.row_scores, top, started),
+        cols.name: _task_result(cols, inventory, paired.columns, paired.column_scores, top, started),
     }
 
 
@@ -462,7 +517,11 @@ def evaluate(protocol: str, inventory: Inventory, scorer: Scorer, options: Proto
         options = replace(options, candidate_lists=lists)
         settings.update(seed=lists.seed, n_negatives=lists.n_negatives)
     tasks = PROTOCOLS.get(protocol)(inventory, options)
-    results = {t.name: run_task(t, scorer, inventory, n_examples, chunk_bytes=chunk_bytes) for t in tasks}
+    pair = transposed_pair(tasks, scorer)
+    results = run_transposed_pair(*pair, scorer, inventory, n_examples, chunk_bytes=chunk_bytes) if pair else {}
+    results.update({t.name: run_task(t, scorer, inventory, n_examples, chunk_bytes=chunk_bytes)
+                    for t in tasks if t.name not in results})
+    results = {t.name: results[t.name] for t in tasks}  # in the protocol's task order
     summary = {}
     if {"i2t", "t2i"} <= set(results):
         summary["SumR"] = sum_r(results["i2t"]["metrics"]["all"], results["t2i"]["metrics"]["all"])
