@@ -76,7 +76,6 @@ class Fusion(nn.Module):
     def __init__(self, parts: tuple[str, ...], dim: int, kind: str, hidden: int) -> None:
         super().__init__()
         self.parts = parts
-        self.kind = kind
         self.logits = nn.Parameter(torch.zeros(len(parts))) if kind == "weighted" else None
         self.mlp = None
         if kind == "mlp":
@@ -123,7 +122,7 @@ def category_keys(categories: list[str], path_nodes: list[list[str]]) -> tuple[t
 
 
 #: frozen text-tower features per (text_feature_id, string), shared by every clipita model in the
-#: process: distinct categories and attribute texts are few, and runs of one benchmark share towers
+#: process: category nodes repeat in every batch, and runs that share a frozen tower share features
 _FROZEN_TEXT_FEATURES: dict[tuple[str, str], torch.Tensor] = {}
 
 
