@@ -87,6 +87,8 @@ def train(
     entities: Optional[str] = typer.Option(None, help="Attribute groups for the entity encoders (eiclip), comma-separated."),
     entities_as_text: Optional[str] = typer.Option(None, help="Attribute groups appended to the text (clip baseline 3)."),
     gates: Optional[str] = typer.Option(None, help="eiclip gates: learned | equal"),
+    variant: Optional[str] = typer.Option(None, help="clipita product encoder: I | IA | ITA (image, + attributes, + title)"),
+    fusion: Optional[str] = typer.Option(None, help="clipita fusion of the product parts: weighted | mlp"),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     settings: list[str] = typer.Option([], "--set", help="Any setting as section.key=value, e.g. backbone.augment=true."),
@@ -102,7 +104,8 @@ def train(
                           "device": device, "max_steps": max_steps},
                 "backbone": {"embed_dim": embed_dim},
             },
-            {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates},
+            {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates,
+             "variant": variant, "fusion": fusion},
             settings,
         )
         if resume and not (out / "checkpoints" / "last.pt").exists():
