@@ -107,15 +107,18 @@ class RowError(ValueError):
     """A catalog row that cannot become a product; the message names the field."""
 
 
-def _as_str(value, field_name: str, *, allow_empty: bool = False) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise RowError(f"field '{field_name}' must be a string, got {type(value).__name__}")
-    value = str(value).strip()
-    if not value and not allow_empty:
-        raise RowError(f"field '{field_name}' is empty")
-    return value
+def _as_str(value, field_name: str, *name_args, allow_empty: bool = False) -> str:
+    """`value` as a stripped string; the error names the field (`field_name % name_args`,
+    formatted only on error: this runs for every value of every row)."""
+    if type(value) is str:
+        stripped = value.strip()
+        if stripped or allow_empty:
+            return stripped
+    elif value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return _as_str("" if value is None else str(value), field_name, *name_args, allow_empty=allow_empty)
+    else:
+        raise RowError(f"field '{field_name % name_args}' must be a string, got {type(value).__name__}")
+    raise RowError(f"field '{field_name % name_args}' is empty")
 
 
 def _parse_image(raw, index: int) -> ImageRef:
@@ -124,7 +127,7 @@ def _parse_image(raw, index: int) -> ImageRef:
         return ImageRef(_as_str(raw, where))
     if not isinstance(raw, dict):
         raise RowError(f"field '{where}' must be a path or an object")
-    source = _as_str(raw.get("source") or "merchant", f"{where}.source")
+    source = _as_str(raw.get("source") or "merchant", "%s.source", where)
     bbox = raw.get("bbox")
     if bbox is not None:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
@@ -132,7 +135,7 @@ def _parse_image(raw, index: int) -> ImageRef:
         if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
             raise RowError(f"field '{where}.bbox' has x1 <= x0 or y1 <= y0")
         bbox = tuple(float(v) for v in bbox)
-    return ImageRef(_as_str(raw.get("path"), f"{where}.path"), source, bbox)
+    return ImageRef(_as_str(raw.get("path"), "%s.path", where), source, bbox)
 
 
 def product_from_json(raw) -> Product:
@@ -154,11 +157,11 @@ def product_from_json(raw) -> Product:
         description=_as_str(raw.get("description"), "description", allow_empty=True),
         images=[_parse_image(im, i) for i, im in enumerate(images)],
         attributes={
-            _as_str(k, "attributes key"): _as_str(v, f"attributes.{k}")
+            _as_str(k, "attributes key"): _as_str(v, "attributes.%s", k)
             for k, v in attributes.items()
             if v not in (None, "")
         },
-        category_path=[_as_str(c, f"category_path[{i}]") for i, c in enumerate(category)],
+        category_path=[_as_str(c, "category_path[%d]", i) for i, c in enumerate(category)],
     )
 
 
