@@ -176,10 +176,10 @@ def test_embed_catalog_fills_one_fused_vector_per_product_from_its_merchant_imag
     method = tiny_method(variant="ITA").eval()
     emb = embed_catalog(method, catalog, progress=False)
     assert emb.product.shape == (2, 16) and list(emb.text_product) == ["p1", "p2"]
+    transform = method.backbone.image_transform(train=False)
     with torch.no_grad():
-        from catalogclip.embed import _pixels  # the same preprocessing embed_catalog used
-
-        features = method.backbone.image_features(_pixels(method, [Image.open(tmp_path / "m.png"), Image.open(tmp_path / "x.png")]))
+        pixels = torch.stack([transform(Image.open(tmp_path / name).convert("RGB")) for name in ("m.png", "x.png")])
+        features = method.backbone.image_features(pixels)
     expected = embed_fused_products(method, products, list(features))
     np.testing.assert_allclose(emb.product, expected, atol=1e-5)
     assert sorted(emb.category_path) == ["Apparel", "Apparel > Jeans", "Apparel > Shirts"]
