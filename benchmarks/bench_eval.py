@@ -110,7 +110,7 @@ def main() -> None:
 
     rows = []
     for n in args.sizes:
-        row = {"n": n, "ours": _in_child("ours", n, args.dim)}
+        row = {"n": n, "load_average_1min_before": round(os.getloadavg()[0], 2), "ours": _in_child("ours", n, args.dim)}
         if n <= args.naive_max:
             row["naive"] = _in_child("naive", n, args.dim)
             row["speedup"] = row["naive"]["seconds"] / row["ours"]["seconds"]
