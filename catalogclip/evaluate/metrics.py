@@ -40,8 +40,22 @@ import numpy as np
 SORT_ABOVE = 32
 
 
+class _PerQueryRows:
+    """Row bookkeeping shared by the CSR structures below (`indptr` has n_queries + 1 entries)."""
+
+    indptr: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def n_relevant(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+
 @dataclass(frozen=True)
-class Qrels:
+class Qrels(_PerQueryRows):
     """Relevant candidate indices per query, in compressed sparse row form.
 
     The relevant candidates of query ``q`` are ``indices[indptr[q]:indptr[q + 1]]``.
@@ -72,14 +86,6 @@ class Qrels:
         indices = np.concatenate([order[a:b] for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
         return cls(indptr, indices.astype(np.int64))
 
-    @property
-    def n_queries(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def n_relevant(self) -> np.ndarray:
-        return np.diff(self.indptr)
-
     def row(self, q: int) -> np.ndarray:
         return self.indices[self.indptr[q] : self.indptr[q + 1]]
 
@@ -90,19 +96,11 @@ class Qrels:
 
 
 @dataclass(frozen=True)
-class Ranks:
+class Ranks(_PerQueryRows):
     """The ranks of each query's relevant candidates, ascending within a query (CSR like `Qrels`)."""
 
     indptr: np.ndarray
     ranks: np.ndarray
-
-    @property
-    def n_queries(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def n_relevant(self) -> np.ndarray:
-        return np.diff(self.indptr)
 
     @property
     def first(self) -> np.ndarray:
