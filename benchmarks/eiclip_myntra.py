@@ -68,10 +68,11 @@ def main() -> None:
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; with cached features 1 is fastest on a shared machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eiclip_myntra.json")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     catalog_path = myntra_catalog(args.myntra, args.work)
     catalog = read_jsonl(catalog_path)
     test = make_split(catalog, "product", 0.2, 0).test
