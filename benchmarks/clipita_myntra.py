@@ -53,7 +53,7 @@ MODELS = {  # name -> clipita options
     "CLIP-I": {"variant": "I"},
     "CLIP-IA": {"variant": "IA"},
     "CLIP-ITA": {"variant": "ITA"},
-    "CLIP-ITA (mlp fusion)": {"variant": "ITA", "fusion": "mlp"},
+    "CLIP-ITA-mlp": {"variant": "ITA", "fusion": "mlp"},  # MLP fusion instead of the weighted sum
 }
 
 
@@ -131,7 +131,7 @@ def category_table(inventory: Inventory, scorer, seen: set[str]) -> dict:
 
 
 def train_run(name: str, options: dict, catalog_path: Path, split_by: str, work: Path, cache: Path, epochs: int) -> Path:
-    run_dir = work / f"{split_by}-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
+    run_dir = work / f"{split_by}-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = RunConfig(
         method="clipita",
@@ -162,7 +162,7 @@ def evaluate_split(split_by: str, catalog_path: Path, work: Path, cache: Path, e
         method.prime_text_features(product_strings(test), cache)
         emb = cached_embeddings(method, test, cache)
         inventory = Inventory.from_embeddings(emb, test)
-        rows[name] = category_table(inventory, EmbeddingScorer(emb, inventory), seen)
+        rows[name] = {**category_table(inventory, EmbeddingScorer(emb, inventory), seen), "learned": method.log_values()}
         if name == "CLIP-ITA":  # what an image index of this run would rank with: image vectors only
             image_only = replace(emb, product=None)
             rows["CLIP-ITA via image vectors"] = category_table(inventory, EmbeddingScorer(image_only, inventory), seen)
@@ -190,6 +190,7 @@ def ordering(split: dict, level: str, metric: str = "mAP@10") -> dict:
         "level": level,
         "metric": metric,
         "ITA > IA > I": value["CLIP-ITA"] > value["CLIP-IA"] > value["CLIP-I"],
+        "CLIP-ITA > best text-only": value["CLIP-ITA"] > text_best,
         "every CLIP-ITA variant > best text-only": min(multimodal) > text_best,
         "values": {k: round(v, 4) for k, v in value.items()},
     }
