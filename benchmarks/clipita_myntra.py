@@ -217,7 +217,9 @@ def main() -> None:
     parser.add_argument("--max-products", type=int, default=None,
                         help="Use the first N products of the import (the feature cache fills in that order).")
     parser.add_argument("--prepare-only", action="store_true", help="Only fill the feature cache.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; with cached features 1 is fastest on a shared machine")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     catalog = readable(load_catalog(args.myntra, args.work))
