@@ -12,7 +12,7 @@ number of steps:
 2. A small open_clip ViT with random weights trained end to end on pixels (64 px, 8x8 patches),
    to show the ViT token path works; from scratch and this short, its numbers are near chance.
 
-    python benchmarks/eclip_synth.py [--products 2000] [--steps 500] [--work out/eclip_synth]
+    python benchmarks/eclip_synth.py [--products 2000] [--steps 400] [--work out/eclip_synth] [--ablation]
 
 The catalog, feature cache and runs stay in --work (reused by later runs). Prints the tables and
 writes benchmarks/results/eclip_synth.json.
@@ -201,15 +201,18 @@ def prior_boxes(train: Catalog, test: Catalog) -> dict:
 
 def print_run(name: str, r: dict) -> None:
     fine, coarse = r["product"]["fine"], r["product"]["coarse"]
-    g = r["grounding"].get("mass", {}).get("by_source", {}).get("customer", {})
+    g = r["grounding"]["mass"]["by_source"]["customer"] if "mass" in r["grounding"] else None
     print(f"\n== {name}: {r['steps']} steps, {r['train_seconds']} s training, {r['trainable_parameters']:,} trainable parameters")
     print("  product fine   " + "  ".join(f"{k} {100 * fine[k]:5.1f}" for k in ("R@1", "R@5", "R@10", "mAP@1", "mAP@5", "mAP@10")))
     print("  product coarse " + "  ".join(f"{k} {100 * coarse[k]:5.1f}" for k in ("R@1", "R@5", "R@10", "mAP@1", "mAP@5", "mAP@10")))
     print("  full i2t       " + "  ".join(f"{k} {100 * r['full']['i2t'][k]:5.1f}" for k in ("R@1", "R@5", "R@10")) +
           "   t2i " + "  ".join(f"{k} {100 * r['full']['t2i'][k]:5.1f}" for k in ("R@1", "R@5", "R@10")) +
           f"   SumR {100 * r['full']['SumR']:.1f}")
-    print(f"  grounding (customer shots, mass rule) Acc@0.5 {100 * g.get('Acc@0.5', 0):.1f}  Acc@0.7 "
-          f"{100 * g.get('Acc@0.7', 0):.1f}  mIoU {100 * g.get('mIoU', 0):.1f}")
+    if g is None:
+        print(f"  grounding: not available ({r['grounding']['not available']})")
+    else:
+        print(f"  grounding (customer shots, mass rule) Acc@0.5 {100 * g['Acc@0.5']:.1f}  Acc@0.7 {100 * g['Acc@0.7']:.1f}"
+              f"  mIoU {100 * g['mIoU']:.1f}")
     if "argmax_salient_query" in r:
         hard = r["argmax_salient_query"]["product"]["fine"]
         print(f"  product fine with the argmax salient query: R@1 {100 * hard['R@1']:.1f}  mAP@10 {100 * hard['mAP@10']:.1f}")
@@ -297,8 +300,8 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=2000)
     parser.add_argument("--views", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=192)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--vit-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--vit-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--ablation", action="store_true", help="also eclip with the image-text loss only")
     parser.add_argument("--skip-vit", action="store_true")
