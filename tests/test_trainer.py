@@ -136,3 +136,23 @@ def test_cli_rejects_malformed_setting():
 
     with pytest.raises(ValueError, match="section.key=value"):
         parse_settings(["optim.epochs"])
+
+
+def test_checkpoint_leaves_out_rebuildable_frozen_towers_only(brand_catalog, tmp_path):
+    from catalogclip.models.methods import build_method
+    from catalogclip.train.checkpoint import frozen_keys, load_trainable_state, trainable_state
+
+    # tiny's frozen tower has random weights: it cannot be rebuilt, so it must be saved
+    tiny = build_method("clip", BackboneConfig(spec="tiny", embed_dim=8, freeze_image=True))
+    assert frozen_keys(tiny) == set()
+    # a pretrained frozen tower is rebuilt from its source: the checkpoint skips it
+    twotower = build_method("clip", BackboneConfig(spec="twotower", embed_dim=8))
+    state = trainable_state(twotower)
+    assert not any(k.startswith(("backbone.image_tower.", "backbone.text_tower.")) for k in state)
+    assert {"logit_scale", "backbone.image_proj.weight", "backbone.text_proj.weight"} <= set(state)
+    state["backbone.image_proj.weight"] = torch.zeros_like(state["backbone.image_proj.weight"])
+    load_trainable_state(twotower, state)
+    assert float(twotower.backbone.image_proj.weight.detach().abs().sum()) == 0.0
+    del state["backbone.text_proj.weight"]
+    with pytest.raises(ValueError, match="text_proj.weight"):
+        load_trainable_state(twotower, state, "ckpt.pt")

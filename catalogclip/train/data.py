@@ -110,10 +110,10 @@ def build_pairs(
     if method.vocabs is not None:
         entity_ids = torch.tensor([method.vocabs.encode(p) for p in catalog.products], dtype=torch.long)
     text_features = text_index = None
-    if method.backbone.text_tower_frozen:
+    if cache_features and method.backbone.text_tower_frozen:
         text_features, text_index = encode_texts_once(method, texts, cache_dir=cache_dir)
     image_inputs = None
-    if method.backbone.image_tower_frozen:
+    if cache_features and method.backbone.image_tower_frozen:
         image_inputs = cached_image_inputs(method, paths, cache_dir)
     categories = [category_nodes(p.category_path) for p in catalog.products] if method.trains_on_categories else None
     attributes = [attribute_text(p) for p in catalog.products] if method.uses_attribute_text else None

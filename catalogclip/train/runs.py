@@ -9,6 +9,7 @@ import torch
 
 from catalogclip.io import read_json
 from catalogclip.models.methods import Method, build_method, method_config
+from catalogclip.train.checkpoint import load_trainable_state
 from catalogclip.train.config import RunConfig
 
 
@@ -52,7 +53,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         vocabs = EntityVocabs.load(run_dir / "vocabs.json")
     method = build_method(config.method, config.backbone, method_config(config.method, config.method_options), vocabs)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    method.load_state_dict(state["model"])
+    load_trainable_state(method, state["model"], str(checkpoint))
     method.to(device).eval()
     model_id = _model_id(config_path, config.method, state["step"], checkpoint)
     return Run(run_dir, config, method, state["step"], model_id)

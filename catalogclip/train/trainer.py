@@ -26,6 +26,7 @@ from catalogclip.io import atomic_path, atomic_write_json, atomic_write_text
 from catalogclip.models import methods
 from catalogclip.models.methods import Method
 from catalogclip.train import distributed
+from catalogclip.train.checkpoint import load_trainable_state, trainable_state
 from catalogclip.train.config import RunConfig
 from catalogclip.train.runs import feature_cache_dir
 from catalogclip.train.data import PairData, build_pairs, iterate_batches, usable_batches
@@ -230,7 +231,7 @@ class Trainer:
         if not distributed.is_main():
             return
         state = {
-            "model": method.state_dict(),
+            "model": trainable_state(method),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -248,7 +249,7 @@ class Trainer:
         if not path.exists():
             return 0, 0, 0
         state = torch.load(path, map_location=self.device, weights_only=False)
-        method.load_state_dict(state["model"])
+        load_trainable_state(method, state["model"], str(path))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])

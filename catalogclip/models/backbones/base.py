@@ -104,6 +104,11 @@ class Backbone(nn.Module):
         """Frozen sub-modules: they stay in eval mode (BatchNorm statistics, dropout) in `train()`."""
         return []
 
+    def rebuildable_frozen_modules(self) -> list[nn.Module]:
+        """Frozen sub-modules whose weights building the backbone again restores exactly (loaded
+        from a pretrained source, not randomly initialised): checkpoints leave them out."""
+        return self.frozen_modules()
+
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
         for module in self.frozen_modules():

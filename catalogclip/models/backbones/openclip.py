@@ -129,6 +129,10 @@ class OpenClipBackbone(Backbone):
         frozen = [self.model.visual] if self.image_tower_frozen else []
         return frozen + (self._text_modules() if self.text_tower_frozen else [])
 
+    def rebuildable_frozen_modules(self) -> list[nn.Module]:
+        pretrained = self.pretrained is not None or self.model_name.startswith(_SCHEMAS)
+        return self.frozen_modules() if pretrained else []  # random weights must be saved
+
     def _freeze_direct_text_parameters(self) -> None:
         """CLIP keeps some text weights (positional embedding, projection) directly on the model."""
         for param in self.model.parameters(recurse=False):

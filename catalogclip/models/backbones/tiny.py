@@ -84,6 +84,9 @@ class TinyBackbone(Backbone):
         frozen = [(self.image_tower, self.image_tower_frozen), (self.text_tower, self.text_tower_frozen)]
         return [tower for tower, is_frozen in frozen if is_frozen]
 
+    def rebuildable_frozen_modules(self) -> list[nn.Module]:
+        return []  # random weights: a frozen tower must be saved to be restored
+
     def image_transform(self, train: bool = False):
         return image_transform(self.preprocess, augment=train and self.config.augment)
 
