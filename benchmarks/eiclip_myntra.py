@@ -39,6 +39,12 @@ ROWS = {
     "4 EI-CLIP equal gates": ("eiclip", {"entity_groups": ENTITIES, "gates": "equal"}),
     "5 EI-CLIP gated": ("eiclip", {"entity_groups": ENTITIES}),
 }
+#: diagnostics, run with --rows: which entity groups carry the gain
+DIAGNOSTIC_ROWS = {
+    "5a EI-CLIP gated, brand only": ("eiclip", {"entity_groups": ["brand"]}),
+    "5b EI-CLIP gated, all but brand": ("eiclip", {"entity_groups": [g for g in ENTITIES if g != "brand"]}),
+}
+ROWS.update(DIAGNOSTIC_ROWS)
 
 
 def myntra_catalog(source: Path, work: Path) -> Path:
@@ -67,7 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in DIAGNOSTIC_ROWS])
     parser.add_argument("--threads", type=int, default=1, help="torch threads; with cached features 1 is fastest on a shared machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eiclip_myntra.json")
     args = parser.parse_args()
