@@ -95,6 +95,7 @@ def train(
 ) -> None:
     """Train a method on a catalog."""
     with user_errors():
+        from catalogclip.train.distributed import is_main
         from catalogclip.train.trainer import train as run_training
 
         run = build_run_config(
@@ -111,6 +112,8 @@ def train(
         if resume and not (out / "checkpoints" / "last.pt").exists():
             typer.echo(f"{out}: no checkpoint to resume from; starting fresh", err=True)
         result = run_training(run, out, resume=resume, progress=progress)
+        if not is_main():  # under torchrun, rank 0 speaks for the run
+            return
         if result.problems.problems:
             result.problems.report()
         typer.echo(f"trained {run.method} for {result.steps} steps on {result.pairs} pairs; last loss {result.last_loss:.4f} -> {out}")
