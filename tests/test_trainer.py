@@ -156,3 +156,15 @@ def test_checkpoint_leaves_out_rebuildable_frozen_towers_only(brand_catalog, tmp
     del state["backbone.text_proj.weight"]
     with pytest.raises(ValueError, match="text_proj.weight"):
         load_trainable_state(twotower, state, "ckpt.pt")
+
+
+def test_product_packed_batches_always_hold_two_products():
+    from catalogclip.train.data import PairData, usable_batches
+
+    # 5 products with 3 images each; batches of 6 rows packed 3 views per product: the last
+    # batch would hold one product alone (no negatives) and is dropped
+    index = torch.arange(5).repeat_interleave(3)
+    data = PairData(index, [f"{i}.jpg" for i in range(15)], ["t"] * 5, None, None, None, None, None, None)
+    batches = usable_batches(data, batch_size=6, seed=0, epoch=0, views=3, world_size=1)
+    assert len(batches) == 2
+    assert all(len(index[rows].unique()) == 2 for rows in batches)

@@ -141,10 +141,11 @@ def evaluate_run(
         results = evaluate_all(retrieval, inventory, scorer, inputs, run_dir, candidates_path, seed, progress)
     if "grounding" in protocols:
         from catalogclip.evaluate.grounding import evaluate_grounding
-        from catalogclip.train.runs import load_method
+        from catalogclip.train.runs import load_run
 
         progress("grounding")
-        results["grounding"] = evaluate_grounding(load_method(run_dir, device), inputs.test, progress=False)
+        run = load_run(run_dir, device)
+        results["grounding"] = evaluate_grounding(run.method, inputs.test, cache_dir=run.feature_cache_dir(), progress=False)
         atomic_write_json(run_dir / "eval" / "grounding.json", {"protocol": "grounding", **results["grounding"]})
     return results
 

@@ -216,4 +216,8 @@ def iterate_batches(
 
 
 def usable_batches(data: PairData, batch_size: int, seed: int, epoch: int, views: int, world_size: int) -> list[torch.Tensor]:
-    return [rows for rows in epoch_batches(data, batch_size, seed, epoch, views) if len(rows) >= 2 * world_size]
+    """Batches with something to contrast: two rows per rank and at least two products."""
+    return [
+        rows for rows in epoch_batches(data, batch_size, seed, epoch, views)
+        if len(rows) >= 2 * world_size and len(data.product_index[rows].unique()) >= 2
+    ]
