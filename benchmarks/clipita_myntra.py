@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, read_jsonl, write_jsonl
-from catalogclip.embed import catalog_categories, embed_category_paths, embed_fused_products, product_image
+from catalogclip.catalog.schema import Catalog, all_category_nodes, read_jsonl, write_jsonl
+from catalogclip.embed import embed_category_paths, embed_fused_products, product_image
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.baselines import text_baseline
 from catalogclip.evaluate.protocols import PROTOCOLS, EmbeddingScorer, Inventory, ProtocolOptions, run_task, seen_categories
@@ -82,7 +82,7 @@ def readable(catalog: Catalog) -> Catalog:
 
 def product_strings(catalog: Catalog) -> list[str]:
     """Every string the frozen text tower sees: titles, attribute texts, category nodes."""
-    return [p.title for p in catalog] + [attribute_text(p) for p in catalog] + catalog_categories(catalog)
+    return [p.title for p in catalog] + [attribute_text(p) for p in catalog] + all_category_nodes(catalog)
 
 
 def prepare(catalog: Catalog, cache: Path) -> dict:
@@ -110,7 +110,7 @@ def cached_embeddings(method: Method, catalog: Catalog, cache: Path) -> Embeddin
     keys = torch.arange(len(products))
     image = method.embed_images(Batch(keys, [""] * len(products), image_features=features)).numpy()
     text = method.embed_texts(Batch(keys, [p.title for p in products], text_features=titles)).numpy()
-    categories = catalog_categories(catalog)
+    categories = all_category_nodes(catalog)
     fused = embed_fused_products(method, products, list(features)) if method.embed_products is not None else None
     ids = np.array([p.id for p in products], dtype=str)
     return Embeddings(image=image, image_product=ids, image_source=np.array(["merchant"] * len(ids)),

@@ -14,11 +14,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, ImageRef, Product
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_nodes
 from catalogclip.embeddings import Embeddings
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import attribute_text, cached_image_inputs, category_nodes, load_rgb, readable_images
+from catalogclip.train.data import attribute_text, cached_image_inputs, load_rgb, readable_images
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -96,14 +96,6 @@ def product_entity_ids(method: Method, products: list[Product]) -> list[list[int
     return [method.vocabs.encode(p) for p in products] if method.vocabs is not None else None
 
 
-def catalog_categories(catalog: Catalog) -> list[str]:
-    """Every node of the catalog's category tree, in first-seen order."""
-    nodes: dict[str, None] = {}
-    for product in catalog:
-        nodes.update(dict.fromkeys(category_nodes(product.category_path)))
-    return list(nodes)
-
-
 @torch.no_grad()
 def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Image embeddings from image-tower outputs (pooled features, or tokens for ECLIP)."""
@@ -154,7 +146,7 @@ def embed_catalog(
     outputs = image_tower_outputs(method, [r[2] for r in rows], batch_size, cache_dir, progress)
     products = catalog.products
     text = embed_product_texts(method, [method.product_text(p) for p in products], product_entity_ids(method, products))
-    categories = catalog_categories(catalog) if categories is None else categories
+    categories = all_category_nodes(catalog) if categories is None else categories
     fused = None
     if method.embed_products is not None:
         per_product: list[torch.Tensor | None] = [None] * len(products)

@@ -19,7 +19,7 @@ from catalogclip.models.batch import Batch
 from catalogclip.models.category import MAX_CATEGORY_DEPTH, category_keys, category_positive_mask
 from catalogclip.models.methods import build_method
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
-from catalogclip.train.data import category_nodes
+from catalogclip.catalog.schema import category_nodes
 from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
 

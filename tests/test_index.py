@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from _searchkit import COLOURS, SHOES, PaletteEncoder, product, standard_products, write_catalog, write_images
+from _searchkit import COLOURS, SHOES, PaletteEncoder, product, write_catalog, write_images
 
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl

@@ -17,8 +17,6 @@ from typing import Iterable, Iterator
 
 from catalogclip.catalog.problems import ProblemLog
 
-IMAGE_SOURCES = ("merchant", "customer", "ad", "video", "other")
-
 
 @dataclass(frozen=True)
 class ImageRef:
@@ -56,6 +54,19 @@ class Product:
             "attributes": dict(self.attributes),
             "category_path": list(self.category_path),
         }
+
+
+def category_nodes(path: list[str], sep: str = " > ") -> list[str]:
+    """Every node on a root-to-leaf path as text: ["A", "A > B", "A > B > C"]."""
+    return [sep.join(path[: depth + 1]) for depth in range(len(path))]
+
+
+def all_category_nodes(products: Iterable[Product]) -> list[str]:
+    """Every node of the products' category tree, in first-seen order."""
+    nodes: dict[str, None] = {}
+    for product in products:
+        nodes.update(dict.fromkeys(category_nodes(product.category_path)))
+    return list(nodes)
 
 
 @dataclass

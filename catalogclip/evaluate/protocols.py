@@ -36,14 +36,13 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from catalogclip.catalog.schema import Catalog, Product
+from catalogclip.catalog.schema import Catalog, Product, all_category_nodes, category_nodes
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.metrics import Qrels, Ranks, hit_curve, mean_metrics, relevant_ranks, sum_r, top_k
 from catalogclip.evaluate.paired import paired_ranks
 from catalogclip.io import atomic_write_json, read_json
 from catalogclip.registry import Registry
 
-SIDES = ("text", "image", "product", "category")
 RETRIEVAL_METRICS = ("R@1", "R@5", "R@10", "MRR")
 CATEGORY_METRICS = ("P@1", "P@10", "P@20", "mAP@10", "mAP@20", "R-precision")
 CLASSIFICATION_METRICS = ("Acc@1", "Acc@5")
@@ -54,11 +53,6 @@ CHUNK_BYTES = 256 * 2**20
 
 
 # --- what is evaluated -------------------------------------------------------------------------
-
-
-def category_nodes(product: Product) -> list[str]:
-    """Every node on a product's category path: ["A", "A > B", "A > B > C"]."""
-    return [product.category(depth) for depth in range(1, len(product.category_path) + 1)]
 
 
 @dataclass
@@ -78,10 +72,7 @@ class Inventory:
     categories: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        nodes: dict[str, None] = {}
-        for product in self.products:
-            nodes.update(dict.fromkeys(category_nodes(product)))
-        self.categories = list(nodes)
+        self.categories = all_category_nodes(self.products)
 
     @classmethod
     def from_catalog(cls, catalog: Catalog) -> "Inventory":
@@ -370,7 +361,7 @@ def category_tasks(inv: Inventory, options: ProtocolOptions) -> list[Task]:
     node_index = {node: i for i, node in enumerate(inv.categories)}
     relevant: list[list[int]] = [[] for _ in inv.categories]
     for p, product in enumerate(inv.products):
-        for node in category_nodes(product):
+        for node in category_nodes(product.category_path):
             relevant[node_index[node]].append(p)
     if not inv.categories:
         raise ValueError("the catalog has no category paths: the category protocol needs them")
@@ -543,4 +534,4 @@ def candidate_lists_for(inventory: Inventory, options: ProtocolOptions) -> Candi
 
 def seen_categories(catalog: Catalog | Sequence[Product]) -> set[str]:
     """Every category node of a (training) catalog."""
-    return {node for product in catalog for node in category_nodes(product)}
+    return set(all_category_nodes(catalog))

@@ -149,14 +149,8 @@ def build_method(
 
 
 def _register_builtin_methods() -> None:
-    import importlib
-
-    for module in ("catalogclip.models.instance", "catalogclip.models.category"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a method room not written yet
-            if exc.name != module:
-                raise
+    """Import the method modules that register themselves (they import this one, hence late)."""
+    from catalogclip.models import category, instance  # noqa: F401
 
 
 @METHODS.register("clip")

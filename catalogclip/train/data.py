@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog
+from catalogclip.catalog.schema import Catalog, category_nodes
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
 
@@ -63,11 +63,6 @@ def encode_texts_once(
 def attribute_text(product) -> str:
     """A product's attributes as text: "brand: Puma, colour: Black"."""
     return ", ".join(f"{group}: {value}" for group, value in product.attributes.items())
-
-
-def category_nodes(path: list[str], sep: str = " > ") -> list[str]:
-    """Every node on a root-to-leaf path as text: ["A", "A > B", "A > B > C"]."""
-    return [sep.join(path[: depth + 1]) for depth in range(len(path))]
 
 
 @dataclass

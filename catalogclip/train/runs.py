@@ -59,9 +59,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(run_dir, config, method, state["step"], model_id)
 
 
-def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Method:
-    return load_run(run_dir, device).method
-
 
 def _model_id(config_path: Path, method: str, step: int, checkpoint: Path) -> str:
     """From the run's saved config file (not its parsed form, so new settings with defaults

@@ -14,7 +14,7 @@ from catalogclip.catalog.readers.base import (
     csv_rows,
     resolve_image_dir,
 )
-from catalogclip.catalog.schema import Row, products_from_rows
+from catalogclip.catalog.schema import products_from_rows
 
 NAME = "productDisplayName"
 CATEGORY_COLUMNS = ("masterCategory", "subCategory", "articleType")

@@ -14,8 +14,6 @@ from torchvision import transforms as T
 
 from catalogclip.models.backbones.base import BackboneConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: pixels scaled to [-1, 1]: what TensorFlow-trained nets such as EfficientNet-Lite (127/128) expect
 SIGNED_UNIT_MEAN = (0.5, 0.5, 0.5)
 SIGNED_UNIT_STD = (0.5, 0.5, 0.5)
