@@ -16,7 +16,11 @@ def index(
     run: Path = typer.Option(..., "--run", help="Trained run folder whose model embeds the images."),
     out: Path = typer.Option(..., "--out", help="Index folder to write (replaced atomically; see --update)."),
     catalog: Optional[Path] = typer.Option(None, help="Catalog JSONL to index (default: the run's catalog)."),
-    kind: str = typer.Option("auto", help="auto | flat (exact) | ivf | hnsw; auto is flat up to 100k images, then ivf."),
+    kind: str = typer.Option(
+        "auto",
+        help="auto | flat (exact) | flat_fp16 (exact scan of half-precision vectors) | ivf | ivf_sq8 | ivf_pq (compressed) | hnsw; "
+        "auto is flat up to 100k images, ivf up to 2M, then ivf_sq8.",
+    ),
     update: bool = typer.Option(False, "--update", help="Update an existing index: embed new and changed products, drop removed ones."),
     batch_size: int = typer.Option(32, help="Images per model call."),
     nlist: int = typer.Option(0, help="ivf: number of lists (0: about 4 sqrt(n))."),
@@ -46,6 +50,9 @@ def index(
             typer.echo(f"updated {out}: {summary}")
         else:
             typer.echo(f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id})")
+            if "recall_at_10" in built.info:
+                sampled = built.info["recall_at_10"]
+                typer.echo(f"recall@10 against exact search: {sampled['recall']:.3f} ({sampled['queries']} sampled image vectors as queries)")
 
 
 @app.command()

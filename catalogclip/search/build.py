@@ -22,8 +22,8 @@ from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, _relative_path
 from catalogclip.embeddings import Encoder
 from catalogclip.io import atomic_path, atomic_write_json
+from catalogclip.search.backend import Connection, VectorParams
 from catalogclip.search.index import ProductIndex, check_replaceable
-from catalogclip.search.vectors import VectorParams
 from catalogclip.train.data import load_rgb
 
 SHARD_SIZE = 1024
@@ -135,6 +135,7 @@ class BuildOptions:
     progress: bool = True
     run: str | None = None
     config: Mapping | None = None
+    connection: Connection | None = None  # backend and where it keeps the vectors (default: faiss in the folder)
 
 
 def build_index(
@@ -151,7 +152,7 @@ def build_index(
     index = ProductIndex.build(
         out, products, vectors, refs,
         model_id=encoder.model_id, catalog_root=catalog.root, run=options.run, config=options.config,
-        kind=options.kind, params=options.params,
+        kind=options.kind, params=options.params, connection=options.connection,
     )
     shutil.rmtree(work, ignore_errors=True)
     return index
@@ -220,6 +221,6 @@ def index_run(
     encoder = RunEncoder(method=loaded.method, model_id=loaded.model_id)
     options = replace(options or BuildOptions(), run=str(Path(run_dir).resolve()), config=loaded.config.to_dict())
     if update:
-        index = ProductIndex.open(out)
+        index = ProductIndex.open(out, connection=options.connection)
         return index, update_index(encoder, products, index, options, problems)
     return build_index(encoder, products, out, options, problems), None

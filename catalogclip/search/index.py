@@ -1,15 +1,16 @@
-"""A product search index: image vectors in FAISS plus product metadata in SQLite.
+"""A product search index: image vectors in a vector store plus product metadata in SQLite.
 
 On disk an index is a folder::
 
-    IDX/meta.sqlite          products, vector ids, filter tables, info (model, run, config, kind)
-    IDX/vectors-<gen>.faiss  the vectors; <gen> is the generation recorded in meta.sqlite
+    IDX/meta.sqlite          products, vector ids, filter tables, info (model, run, config, backend, kind)
+    IDX/vectors-<gen>.faiss  with the faiss backend: the vectors; <gen> is the generation in meta.sqlite
 
-Every image of a product is one vector; a product scores as its best-matching image. A build is
-written to a temporary folder and swapped in whole; an update (add / delete products) writes a
-new vector file, then commits the metadata that names it in one SQLite transaction, so a crash
-leaves the previous state readable. The index records the model that made its vectors and
-refuses queries from any other.
+The vectors live in the backend recorded in the index (backend.py: ``faiss`` beside the metadata,
+or a ``milvus`` collection). Every image of a product is one vector; a product scores as its
+best-matching image. A build is written to a temporary folder (and a new collection) and swapped
+in whole; an update (add / delete products) makes the backend's new state durable, then commits
+the metadata that names it in one SQLite transaction, so a crash leaves the previous state
+readable. The index records the model that made its vectors and refuses queries from any other.
 """
 from __future__ import annotations
 
@@ -17,17 +18,16 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from catalogclip.catalog.schema import Catalog, Product
-from catalogclip.io import atomic_path
+from catalogclip.search.backend import EXACT_KINDS, Connection, Selection, VectorParams, VectorStore, backend, choose_kind
 from catalogclip.search.query import CATEGORY_SEP, Filter, QueryError, parse_filters
 from catalogclip.search.store import MetadataStore
-from catalogclip.search.vectors import VectorIndex, VectorParams
 
 FORMAT_VERSION = 1
 META_FILE = "meta.sqlite"
@@ -47,10 +47,6 @@ class Hit:
         return {"id": self.product.id, "score": round(self.score, 6), "image": self.image, "product": self.product.to_json()}
 
 
-def _vector_file(generation: int) -> str:
-    return f"vectors-{generation}.faiss"
-
-
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -58,7 +54,7 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class ProductIndex:
-    def __init__(self, path: Path, store: MetadataStore, vectors: VectorIndex, catalog_root: Path | None = None) -> None:
+    def __init__(self, path: Path, store: MetadataStore, vectors: VectorStore, catalog_root: Path | None = None) -> None:
         self.path = path
         self.store = store
         self.vectors = vectors
@@ -68,8 +64,9 @@ class ProductIndex:
 
     # --- opening and building -----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, catalog_root: str | Path | None = None) -> "ProductIndex":
-        """Open an index; `catalog_root` overrides where product images are looked up."""
+    def open(cls, path: str | Path, catalog_root: str | Path | None = None, connection: Connection | None = None) -> "ProductIndex":
+        """Open an index; `catalog_root` overrides where product images are looked up, and
+        `connection` where its backend's vectors are (e.g. another Milvus URI, a token)."""
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a search index (no {META_FILE}; build one with `catalogclip index`)")
@@ -78,7 +75,12 @@ class ProductIndex:
         if info.get("format") != FORMAT_VERSION:
             store.close()
             raise ValueError(f"{path}: index format {info.get('format')} is not {FORMAT_VERSION}; rebuild it with `catalogclip index`")
-        vectors = VectorIndex.load(path / _vector_file(info["generation"]), info["kind"], info["params"])
+        name = info.get("backend", "faiss")
+        connection = connection or Connection()
+        if connection.backend not in (None, name):
+            store.close()
+            raise ValueError(f"{path} keeps its vectors in {name}, not {connection.backend}")
+        vectors = backend(name).open(path, info, connection)
         return cls(path, store, vectors, Path(catalog_root) if catalog_root else None)
 
     @classmethod
@@ -95,23 +97,29 @@ class ProductIndex:
         config: Mapping | None = None,
         kind: str = "auto",
         params: VectorParams | None = None,
+        connection: Connection | None = None,
     ) -> "ProductIndex":
         """Build an index of `products`; row r of `vectors` is image refs[r] = (product number,
-        image number). The folder appears complete or not at all."""
+        image number). The folder appears complete or not at all; with a backend that keeps its
+        vectors elsewhere, readers of the index's name see the new vectors once it is in place."""
         path = Path(path)
         vectors = _normalise(vectors)
         if len(vectors) != len(refs):
             raise ValueError(f"{len(vectors)} vectors but {len(refs)} image references")
+        connection = replace(connection or Connection(), backend=(connection and connection.backend) or "faiss")
+        chosen = backend(connection.backend)
+        kind = choose_kind(kind, len(vectors), chosen.kinds)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             store = MetadataStore(tmp / META_FILE)
-            index = VectorIndex.build(vectors, kind, params)
+            index = chosen.create(tmp, int(vectors.shape[1]), vectors, kind, params or VectorParams(), connection)
             store.set_info(
                 format=FORMAT_VERSION,
                 model_id=model_id,
                 dim=int(vectors.shape[1]),
-                kind=index.kind,
+                backend=connection.backend,
+                kind=kind,
                 params=index.params.to_json(),
                 run=run,
                 config=dict(config or {}),
@@ -120,16 +128,21 @@ class ProductIndex:
                 generation=0,
             )
             built = cls(tmp, store, index)
-            built._store_products(products, np.arange(len(refs)), refs)
+            built._store_products(products, np.arange(len(refs)), refs, vectors)
+            if kind not in EXACT_KINDS:
+                store.set_info(recall_at_10=sampled_recall(index, vectors))
             built.commit()
-            store.close()
+            built.close()
             _replace_folder(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return cls.open(path)
+        opened = cls.open(path, connection=connection)
+        opened.vectors.publish()
+        return opened
 
     def close(self) -> None:
         self.store.close()
+        self.vectors.close()
 
     # --- what it holds ------------------------------------------------------------------------
     @property
@@ -143,6 +156,10 @@ class ProductIndex:
     @property
     def kind(self) -> str:
         return self.info["kind"]
+
+    @property
+    def backend(self) -> str:
+        return self.info.get("backend", "faiss")
 
     def __len__(self) -> int:
         return self.store.count()
@@ -211,15 +228,27 @@ class ProductIndex:
     # --- search -------------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[Hit]:
         """The k products whose best image scores highest against a query vector."""
-        query = _normalise(np.asarray(query, dtype=np.float32).reshape(-1))
-        if query.shape[0] != self.dim:
-            raise IncompatibleModelError(f"query vector has dimension {query.shape[0]}, index {self.path} has {self.dim}")
-        allowed = self._allowed(filters, exclude)
+        return self.search_many(np.reshape(query, (1, -1)), k, filters, exclude)[0]
+
+    def search_many(self, queries: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[list[Hit]]:
+        """`search` for a batch of queries sharing the filters: one scan of the vectors serves the
+        whole batch, which is much cheaper per query than one scan each (concurrent requests)."""
+        queries = _normalise(np.asarray(queries, dtype=np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise IncompatibleModelError(f"query vector has dimension {queries.shape[-1]}, index {self.path} has {self.dim}")
+        found = self.store.product(exclude) if exclude is not None else None
+        selection = Selection(filters, found[0] if found else None, lambda: self._allowed(filters, exclude))
         # a product owns at most `_max_images` vectors, so this many vectors hold the top k products
-        scores, vids = self.vectors.search(query, k * self._max_images, allowed)
+        return [self._hits(scores, vids, k) for scores, vids in self.vectors.search(queries, k * self._max_images, selection)]
+
+    def _hits(self, scores: np.ndarray, vids: np.ndarray, k: int) -> list[Hit]:
+        """Each product's best vector, best first; ids this index does not know (vectors another
+        writer added but whose metadata is not committed) are skipped."""
         best: dict[int, tuple[float, int]] = {}
         for score, vid in zip(scores.tolist(), vids.tolist()):
-            best.setdefault(int(self._vector_rows[vid]), (score, vid))
+            row = int(self._vector_rows[vid]) if 0 <= vid < len(self._vector_rows) else -1
+            if row >= 0:
+                best.setdefault(row, (score, vid))
         top = list(best.items())[:k]
         products = self.store.products_by_row(row for row, _ in top)
         images = self.store.image_of(vid for _, (_, vid) in top)
@@ -252,7 +281,8 @@ class ProductIndex:
         if len(refs) and vectors.shape[1] != self.dim:
             raise IncompatibleModelError(f"vectors have dimension {vectors.shape[1]}, index {self.path} has {self.dim}")
         self.delete(p.id for p in products)
-        self._store_products(products, self.vectors.add(vectors), refs)
+        first = self.vectors.ntotal
+        self._store_products(products, np.arange(first, first + len(refs), dtype=np.int64), refs, vectors)
 
     def delete(self, product_ids) -> int:
         """Remove products by id (unknown ids are ignored); returns how many were removed."""
@@ -261,38 +291,41 @@ class ProductIndex:
             vids = self.store.delete_product(product_id)
             if vids is not None:
                 self._vector_rows[vids] = -1
+                self.vectors.delete(np.asarray(vids, dtype=np.int64))
                 removed += 1
         return removed
 
     def commit(self) -> None:
-        """Write the vectors under a new generation, then commit the metadata naming it."""
+        """Make the vectors durable under a new generation, then commit the metadata naming it."""
         live = self._vector_rows >= 0
-        if self.vectors.ntotal and live.sum() < self.vectors.ntotal / 2:  # mostly tombstones: compact
-            self.vectors, mapping = self.vectors.compacted(live)
+        mapping = self.vectors.compact(live)
+        if mapping is not None:
             self.store.renumber_vectors(mapping)
         old, new = self.info["generation"], self.info["generation"] + 1
-        with atomic_path(self.path / _vector_file(new)) as tmp:
-            self.vectors.save(tmp)
+        self.vectors.persist(self.path, new)
         try:
-            self.store.set_info(generation=new, products=self.store.count(), vectors=int(live.sum()))
+            self.store.set_info(generation=new, products=self.store.count(), vectors=int(live.sum()), **self.vectors.location())
             self.store.commit()
         except BaseException:
-            (self.path / _vector_file(new)).unlink(missing_ok=True)
+            self.vectors.abandon(self.path, new)
             raise
-        (self.path / _vector_file(old)).unlink(missing_ok=True)
+        self.vectors.committed(self.path, old)
         self.info = self.store.info()
         self._refresh()
 
-    def _store_products(self, products: Sequence[Product], vids: np.ndarray, refs: Sequence[tuple[int, int]]) -> None:
+    def _store_products(self, products: Sequence[Product], vids: np.ndarray, refs: Sequence[tuple[int, int]], vectors: np.ndarray) -> None:
         per_product: dict[int, list[tuple[int, int]]] = {}
         for vid, (product_no, image_no) in zip(vids.tolist(), refs):
             per_product.setdefault(product_no, []).append((vid, image_no))
-        grown = np.full(self.vectors.ntotal, -1, dtype=np.int64)
-        grown[: len(self._vector_rows)] = self._vector_rows
+        payload: dict[int, tuple[int, Product]] = {}
         for product_no, product in enumerate(products):
             pairs = per_product.get(product_no, [])
             row = self.store.add_product(product, pairs)
-            grown[[v for v, _ in pairs]] = row
+            payload.update((v, (row, product)) for v, _ in pairs)
+        self.vectors.add(vids, vectors, [payload[v] for v in vids.tolist()])
+        grown = np.full(self.vectors.ntotal, -1, dtype=np.int64)
+        grown[: len(self._vector_rows)] = self._vector_rows
+        grown[vids] = [payload[v][0] for v in vids.tolist()]
         self._vector_rows = grown
         self._max_images = self._count_max_images()
 
@@ -306,6 +339,19 @@ class ProductIndex:
     def _count_max_images(self) -> int:
         live = self._vector_rows[self._vector_rows >= 0]
         return max(1, int(np.bincount(live).max(initial=0))) if len(live) else 1
+
+
+def sampled_recall(vectors: VectorStore, stored: np.ndarray, k: int = 10, n_queries: int = 200, seed: int = 0) -> dict:
+    """Recall@k of an approximate store against exact search over the vectors it holds
+    (`stored`, ids 0..n-1), for a seeded sample of them as queries."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    queries = stored[rng.choice(len(stored), min(n_queries, len(stored)), replace=False)]
+    _, truth = faiss.knn(queries, stored, min(k, len(stored)), metric=faiss.METRIC_INNER_PRODUCT)
+    found = vectors.search(queries, k, Selection())
+    hits = [len(set(t.tolist()) & set(f[1].tolist())) / len(t) for t, f in zip(truth, found)]
+    return {"recall": round(float(np.mean(hits)), 4), "k": k, "queries": len(queries)}
 
 
 def check_replaceable(target: str | Path) -> None:
@@ -327,4 +373,4 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["Hit", "IncompatibleModelError", "ProductIndex", "check_replaceable"]
+__all__ = ["Hit", "IncompatibleModelError", "ProductIndex", "check_replaceable", "sampled_recall"]

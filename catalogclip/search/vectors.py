@@ -1,51 +1,49 @@
-"""The vector side of an index: a FAISS inner-product index over L2-normalised vectors.
+"""The ``faiss`` backend: an in-process FAISS inner-product index over L2-normalised vectors.
 
-Three kinds: ``flat`` (exact), ``ivf`` (inverted lists, k-means trained) and ``hnsw`` (graph).
-Vector ids are positions, assigned in order and never reused; deleting marks a tombstone that
-every search excludes (through an ID selector), and `compacted` rebuilds without them.
+Kinds: ``flat`` (exact), ``flat_fp16`` (exact scan over vectors stored in half precision: half
+the memory and the bytes a query reads), ``ivf`` (inverted lists, k-means trained),
+``ivf_sq8`` / ``ivf_pq`` (inverted lists over 8-bit scalar-quantised / product-quantised codes:
+4x / 16x smaller than fp32 at d=256) and ``hnsw`` (graph). Vector ids are positions, assigned in
+order and never reused; deleting marks a tombstone in the index's metadata that every search
+excludes (through an ID selector), and `compacted` rebuilds without them.
 
 Filtered search never loses recall silently: a selective filter (at most `exact_limit` allowed
 vectors) is answered exactly over the allowed vectors; a broader one uses the ANN index with the
 filter applied inside the search and its breadth (nprobe / efSearch) scaled up by 1 / selectivity,
 and falls back to exact search if the index still returns fewer results than asked for.
+
+Threads: a single query is scanned by one thread (a second one only contends for memory
+bandwidth); a batch of queries is one matrix product over the vectors, read once for all of them,
+on every thread.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
-#: below this many vectors `auto` builds an exact index (a flat scan is then a few milliseconds)
-AUTO_FLAT_MAX = 100_000
+from catalogclip.catalog.schema import Product
+from catalogclip.io import atomic_path
+from catalogclip.search.backend import (  # noqa: F401  (AUTO_FLAT_MAX, choose_kind: re-exported)
+    AUTO_FLAT_MAX,
+    BACKENDS,
+    INDEX_KINDS,
+    Connection,
+    Selection,
+    VectorParams,
+    choose_kind,
+)
+
 #: a filter allowing at most this many vectors is searched exactly over them
 EXACT_LIMIT = 20_000
 _EXACT_CHUNK = 65_536
-
-
-@dataclass
-class VectorParams:
-    """How the ANN structure is built and searched (stored with the index)."""
-
-    nlist: int = 0  # ivf: number of lists (0: about 4 * sqrt(n))
-    nprobe: int = 0  # ivf: lists visited per query (0: nlist / 32, at least 8)
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 128
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-def choose_kind(kind: str, n_vectors: int) -> str:
-    if kind == "auto":
-        return "flat" if n_vectors <= AUTO_FLAT_MAX else "ivf"
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind '{kind}' (known: auto, {', '.join(INDEX_KINDS)})")
-    return kind
+_IVF_KINDS = ("ivf", "ivf_sq8", "ivf_pq")
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +53,17 @@ def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
         scores, ids = scores[keep], ids[keep]
     order = np.lexsort((ids, -scores))
     return scores[order], ids[order]
+
+
+@contextlib.contextmanager
+def _threads(n_queries: int):
+    """One OpenMP thread for a single query, all of them for a batch (per calling thread)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1 if n_queries == 1 else os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass
@@ -68,31 +77,48 @@ class VectorIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str = "auto", params: VectorParams | None = None, seed: int = 0) -> "VectorIndex":
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n, dim = vectors.shape
-        kind = choose_kind(kind, n)
+        index = cls.empty(vectors.shape[1], choose_kind(kind, len(vectors)), params, train=vectors, seed=seed)
+        index.add(vectors)
+        return index
+
+    @classmethod
+    def empty(cls, dim: int, kind: str, params: VectorParams | None = None, train: np.ndarray | None = None, seed: int = 0) -> "VectorIndex":
+        """An index with no vectors; ivf kinds are trained on `train` first."""
         params = params or VectorParams()
         if kind == "flat":
             index = faiss.IndexFlatIP(dim)
+        elif kind == "flat_fp16":
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = params.ef_construction
+        elif kind in _IVF_KINDS:
+            index = cls._trained_ivf(np.zeros((0, dim), np.float32) if train is None else train, kind, params, seed)
         else:
-            index = cls._trained_ivf(vectors, params, seed)
-        index.add(vectors)
+            raise ValueError(f"unknown index kind '{kind}' (known: {', '.join(INDEX_KINDS)})")
         return cls(index, kind, params)
 
     @staticmethod
-    def _trained_ivf(vectors: np.ndarray, params: VectorParams, seed: int) -> faiss.Index:
+    def _trained_ivf(vectors: np.ndarray, kind: str, params: VectorParams, seed: int) -> faiss.Index:
         n, dim = vectors.shape
         if n == 0:
-            raise ValueError("an ivf index needs vectors to train on; build a flat index for an empty catalog")
+            raise ValueError(f"an {kind} index needs vectors to train on; build a flat index for an empty catalog")
         # k-means needs ~40 points per list; fewer lists than that would leave lists empty
         params.nlist = params.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
         params.nprobe = params.nprobe or min(params.nlist, max(8, params.nlist // 32))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = min(n, 64 * params.nlist)
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
+        elif kind == "ivf_sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        else:
+            params.pq_m = params.pq_m or max(1, dim // 4)
+            if dim % params.pq_m or n < 256:
+                raise ValueError(f"ivf_pq needs pq_m ({params.pq_m}) to divide the dimension ({dim}) and at least 256 vectors ({n} given)")
+            index = faiss.IndexIVFPQ(quantizer, dim, params.nlist, params.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        sample = min(n, 64 * max(params.nlist, 256 if kind == "ivf_pq" else 0))
         rows = np.random.default_rng(seed).choice(n, sample, replace=False) if sample < n else slice(None)
-        index.train(vectors[rows])
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
         index.make_direct_map()  # lets `reconstruct` fetch vectors for exact filtered search
         return index
 
@@ -111,6 +137,11 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the index takes in memory (its serialised size)."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
     def add(self, vectors: np.ndarray) -> np.ndarray:
         """Append vectors; returns their ids."""
         first = self.ntotal
@@ -126,7 +157,7 @@ class VectorIndex:
         mapping = np.full(self.ntotal, -1, dtype=np.int64)
         mapping[kept] = np.arange(len(kept))
         vectors = np.concatenate([self.reconstruct(kept[i : i + _EXACT_CHUNK]) for i in range(0, len(kept), _EXACT_CHUNK)] or [np.zeros((0, self.dim), np.float32)])
-        if self.kind == "ivf":  # keep the trained lists: only re-adding is needed
+        if self.kind in _IVF_KINDS:  # keep the trained lists: only re-adding is needed
             index = faiss.clone_index(self.index)
             index.reset()
             index.make_direct_map()
@@ -137,42 +168,137 @@ class VectorIndex:
     # --- search ---------------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for one query vector among the `allowed` ids (bool mask; None: all)."""
-        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        return self.search_many(np.reshape(query, (1, -1)), k, allowed)[0]
+
+    def search_many(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` for each row of `queries`, scanning the vectors once for the whole batch."""
+        queries = np.ascontiguousarray(np.reshape(queries, (-1, self.dim)), dtype=np.float32)
         n_allowed = self.ntotal if allowed is None else int(allowed.sum())
         k = min(k, n_allowed)
         if k <= 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if allowed is not None and n_allowed <= self.exact_limit:
-            return self.exact(query[0], np.flatnonzero(allowed), k)
-        scores, ids = self._faiss_search(query, k, allowed, n_allowed)
-        if len(ids) < k:  # the ANN structure ran dry inside a filter: answer exactly instead
-            candidates = np.flatnonzero(allowed) if allowed is not None else np.arange(self.ntotal)
-            return self.exact(query[0], candidates, k)
-        return scores, ids
+            return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+        with _threads(len(queries)):
+            if allowed is not None and n_allowed <= self.exact_limit:
+                return self.exact_many(queries, np.flatnonzero(allowed), k)
+            scores, ids = self._faiss_search(queries, k, allowed, n_allowed)
+            out = []
+            for query, row_scores, row_ids in zip(queries, scores, ids):
+                keep = row_ids >= 0
+                found = _top_k(row_scores[keep], row_ids[keep], k)
+                if len(found[1]) < k:  # the ANN structure ran dry inside a filter: answer exactly instead
+                    candidates = np.flatnonzero(allowed) if allowed is not None else np.arange(self.ntotal)
+                    found = self.exact(query, candidates, k)
+                out.append(found)
+            return out
 
     def exact(self, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the given ids, in chunks so memory stays bounded."""
-        best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        """Exact top-k over the given ids."""
+        return self.exact_many(np.reshape(query, (1, -1)), ids, k)[0]
+
+    def exact_many(self, queries: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact top-k over the given ids for each query, in chunks so memory stays bounded."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         for start in range(0, len(ids), _EXACT_CHUNK):
             chunk = ids[start : start + _EXACT_CHUNK]
             # faiss.knn, not numpy: a single-query BLAS gemv stalls for milliseconds on busy cores
-            scores, rows = faiss.knn(query.reshape(1, -1), self.reconstruct(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
-            found = rows[0] >= 0
-            best_scores, best_ids = _top_k(np.concatenate([best_scores, scores[0][found]]), np.concatenate([best_ids, chunk[rows[0][found]]]), k)
-        return best_scores, best_ids
+            scores, rows = faiss.knn(queries, self.reconstruct(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+            for q, (row_scores, row_ids) in enumerate(zip(scores, rows)):
+                found = row_ids >= 0
+                best[q] = _top_k(np.concatenate([best[q][0], row_scores[found]]), np.concatenate([best[q][1], chunk[row_ids[found]]]), k)
+        return best
 
-    def _faiss_search(self, query: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int):
+    def _faiss_search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int):
         # the selector reads `bitmap` during the search, so it stays referenced until we return
         bitmap = None if allowed is None else np.packbits(allowed, bitorder="little")
         selector = None if bitmap is None else faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
         widen = self.ntotal / max(n_allowed, 1)  # a filter keeping 1/w of the vectors needs w times the breadth
-        if self.kind == "ivf":
+        if self.kind in _IVF_KINDS:
             nprobe = min(self.params.nlist, math.ceil(self.params.nprobe * widen))
             params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         elif self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=min(4096, max(k, math.ceil(self.params.ef_search * widen))))
         else:
             params = faiss.SearchParameters(sel=selector)
-        scores, ids = self.index.search(query, k, params=params)
-        keep = ids[0] >= 0
-        return _top_k(scores[0][keep], ids[0][keep], k)
+        return self.index.search(queries, k, params=params)
+
+
+# --- the backend ----------------------------------------------------------------------------------
+def vector_file(generation: int) -> str:
+    return f"vectors-{generation}.faiss"
+
+
+class FaissStore:
+    """`VectorStore` over a `VectorIndex` saved as ``vectors-<generation>.faiss`` in the index
+    folder. Deleted ids stay in FAISS as tombstones: the selection's mask leaves them out."""
+
+    def __init__(self, vectors: VectorIndex) -> None:
+        self.vectors = vectors
+
+    @property
+    def kind(self) -> str:
+        return self.vectors.kind
+
+    @property
+    def params(self) -> VectorParams:
+        return self.vectors.params
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.dim
+
+    @property
+    def ntotal(self) -> int:
+        return self.vectors.ntotal
+
+    def location(self) -> dict:
+        return {}
+
+    def add(self, vids: np.ndarray, vectors: np.ndarray, payloads: Sequence[tuple[int, Product]]) -> None:
+        if len(vids) and int(vids[0]) != self.ntotal:
+            raise ValueError(f"faiss ids are positions: expected ids from {self.ntotal}, got {int(vids[0])}")
+        self.vectors.add(vectors)
+
+    def delete(self, vids: np.ndarray) -> None:
+        """Nothing to do: the index marks them deleted and the mask leaves them out."""
+
+    def reconstruct(self, vids: np.ndarray) -> np.ndarray:
+        return self.vectors.reconstruct(vids)
+
+    def search(self, queries: np.ndarray, k: int, selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self.vectors.search_many(queries, k, selection.mask())
+
+    def compact(self, live: np.ndarray) -> np.ndarray | None:
+        if not self.ntotal or live.sum() >= self.ntotal / 2:  # compact only once mostly tombstones
+            return None
+        self.vectors, mapping = self.vectors.compacted(live)
+        return mapping
+
+    def persist(self, folder: Path, generation: int) -> None:
+        with atomic_path(Path(folder) / vector_file(generation)) as tmp:
+            self.vectors.save(tmp)
+
+    def committed(self, folder: Path, old_generation: int) -> None:
+        (Path(folder) / vector_file(old_generation)).unlink(missing_ok=True)
+
+    def abandon(self, folder: Path, generation: int) -> None:
+        (Path(folder) / vector_file(generation)).unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        """Nothing to do: the index folder itself was swapped into place."""
+
+    def close(self) -> None:
+        """Nothing to release: the vectors are plain process memory."""
+
+
+@BACKENDS.register("faiss")
+class FaissBackend:
+    kinds = INDEX_KINDS
+
+    @staticmethod
+    def create(folder: Path, dim: int, vectors: np.ndarray, kind: str, params: VectorParams, connection: Connection) -> FaissStore:
+        return FaissStore(VectorIndex.empty(dim, kind, params, train=vectors))
+
+    @staticmethod
+    def open(folder: Path, info: dict, connection: Connection) -> FaissStore:
+        return FaissStore(VectorIndex.load(Path(folder) / vector_file(info["generation"]), info["kind"], info["params"]))
