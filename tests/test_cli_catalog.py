@@ -5,6 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
+from catalogclip.catalog.readers import READERS
 from catalogclip.cli import app
 from test_readers import FASHIONGEN_ROWS, NASTY_MYNTRA_ROWS, write_fashiongen, write_jpeg, write_myntra, write_truncated_jpeg
 
@@ -72,7 +73,7 @@ def test_import_fashiongen_extracts_images_beside_out(tmp_path):
 
 def test_import_user_errors_are_one_line(tmp_path):
     cases = {
-        ("-f", "amazon", tmp_path, tmp_path / "o.jsonl"): "error: unknown catalog format 'amazon' (known: fashiongen, flipkart, jsonl, myntra)",
+        ("-f", "amazon", tmp_path, tmp_path / "o.jsonl"): f"error: unknown catalog format 'amazon' (known: {', '.join(READERS.names())})",
         ("-f", "myntra", tmp_path / "nope", tmp_path / "o.jsonl"): f"error: {tmp_path / 'nope'}: no such file or folder",
     }
     (tmp_path / "styles.csv").write_text("id,gender,productDisplayName\n1,Men,Tee\n")
@@ -129,3 +130,22 @@ def test_import_brand_stop_words_option(tmp_path):
     assert json.loads(out.read_text())["attributes"]["brand"] == "Nike Dri-FIT"
     assert run("import", "-f", "myntra", root, out, "--brand-stop-words", " Dri-FIT, Men").exit_code == 0
     assert json.loads(out.read_text())["attributes"]["brand"] == "Nike"
+
+
+def test_import_mapped_csv_from_flags_and_yaml_with_an_encoding(tmp_path):
+    write_jpeg(tmp_path / "pics" / "a.jpg")
+    (tmp_path / "shop.csv").write_bytes("sku;name;pic;maker\nA;Café Mug;pics/a.jpg;Potter\n".encode("cp1252"))
+    out = tmp_path / "c.jsonl"
+    flags = ["--column", "id=sku", "--column", "title=name", "--column", "images=pic", "--column", "delimiter=;"]
+    result = run("import", "-f", "csv", tmp_path / "shop.csv", out, *flags, "--column", "brand=maker", "--encoding", "cp1252")
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.read_text())
+    assert (row["title"], row["attributes"], row["images"][0]["path"]) == ("Café Mug", {"brand": "Potter"}, "pics/a.jpg")
+
+    (tmp_path / "map.yaml").write_text("id: sku\ntitle: name\nimages: pic\ndelimiter: ';'\n")
+    result = run("import", "-f", "csv", tmp_path / "shop.csv", out, "--columns", tmp_path / "map.yaml")
+    assert result.exit_code == 0 and "undecodable bytes" in result.stderr  # not UTF-8, but not fatal
+    assert json.loads(out.read_text())["title"] == "Caf\ufffd Mug"
+
+    result = run("import", "-f", "csv", tmp_path / "shop.csv", out, "--column", "title")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --column title: expected FIELD=COLUMN"

@@ -5,8 +5,9 @@ file's folder (absolute paths are kept as they are)::
 
     {"id": "p1", "title": "Puma Men Black Running Shoes", "description": "", "images": [{"path": "images/p1.jpg", "source": "merchant"}], "attributes": {"brand": "Puma", "colour": "Black"}, "category_path": ["Footwear", "Shoes", "Sports Shoes"]}
 
-`images` may also be a list of plain path strings. A `bbox` on an image is the product's box
-in pixels, ``[x0, y0, x1, y1]``.
+`images` may also be a list of plain path strings, or http(s) URLs kept unresolved (an import
+with `--no-download`). A `bbox` on an image is the product's box in pixels, ``[x0, y0, x1, y1]``.
+An attribute holding several values (a T-shirt for "Men | Women") joins them with `MULTI_SEP`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,24 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.textfile import text_lines
+
+MULTI_SEP = " | "
+"""Separates the values of a multi-valued attribute: attributes stay dict[str, str]."""
+
+
+def split_values(value: str) -> list[str]:
+    """The values of an attribute (one, or several joined with MULTI_SEP)."""
+    return [part.strip() for part in value.split(MULTI_SEP.strip()) if part.strip()]
+
+
+def join_values(values: Iterable[str]) -> str:
+    """Distinct non-empty values in first-seen order, joined with MULTI_SEP."""
+    return MULTI_SEP.join(dict.fromkeys(v.strip() for v in values if v and v.strip()))
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)
@@ -202,21 +221,21 @@ def unique_products(rows: Iterable[Row], file: str | Path, problems: ProblemLog)
         yield line_no, product
 
 
-def _json_rows(path: Path, problems: ProblemLog) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.add("malformed row", path, line_no, f"invalid JSON: {exc.msg}")
+def _json_rows(path: Path, problems: ProblemLog, encoding: str) -> Iterator[tuple[int, object]]:
+    for line_no, line in enumerate(text_lines(path, problems, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.add("malformed row", path, line_no, f"invalid JSON: {exc.msg}")
 
 
-def iter_jsonl(path: str | Path, problems: ProblemLog) -> Iterator[Row]:
-    """(line number, product) for every valid row; malformed rows are logged, ids not deduplicated."""
+def iter_jsonl(path: str | Path, problems: ProblemLog, encoding: str = "utf-8") -> Iterator[Row]:
+    """(line number, product) for every valid row; malformed rows are logged, ids not deduplicated;
+    bytes that do not decode are replaced and logged (see `text_lines`)."""
     path = Path(path)
-    return products_from_rows(_json_rows(path, problems), path, problems)
+    return products_from_rows(_json_rows(path, problems, encoding), path, problems)
 
 
 def read_jsonl(path: str | Path, problems: ProblemLog | None = None) -> Catalog:
@@ -241,7 +260,8 @@ def write_jsonl(catalog: Catalog, path: str | Path) -> Path:
     for product in catalog.products:
         row = product.to_json()
         for im_row, image in zip(row["images"], product.images):
-            im_row["path"] = _relative_path(catalog.image_path(image), out_root)
+            if not is_url(image.path):
+                im_row["path"] = _relative_path(catalog.image_path(image), out_root)
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path

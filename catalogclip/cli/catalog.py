@@ -16,7 +16,9 @@ app = typer.Typer(help="Import, generate and inspect catalogs.", no_args_is_help
 def import_catalog(
     src: Path = typer.Argument(..., help="The source: the format's folder or file."),
     out: Path = typer.Argument(..., help="The canonical catalog JSONL to write."),
-    fmt: str = typer.Option(..., "--format", "-f", help="Source format: myntra, flipkart, fashiongen or jsonl."),
+    fmt: str = typer.Option(
+        ..., "--format", "-f", help="Source format: google-merchant, shopify, csv, flipkart, myntra, fashiongen, jsonl."
+    ),
     image_dir: Path | None = typer.Option(
         None,
         "--image-dir",
@@ -29,6 +31,14 @@ def import_catalog(
         None, "--brand-stop-words", help="myntra: comma-separated words that end the brand in a product name."
     ),
     problems_file: Path | None = typer.Option(None, "--problems", help="Write every problem met to this file."),
+    encoding: str | None = typer.Option(
+        None, "--encoding", help="Text encoding of SRC, e.g. cp1252, latin-1 (default UTF-8, or an XML feed's own)."
+    ),
+    columns_file: Path | None = typer.Option(None, "--columns", help="csv: a YAML column mapping (id, title, images, ...)."),
+    column: list[str] = typer.Option(
+        [], "--column", help="csv: FIELD=COLUMN, e.g. --column id=sku --column images=pics --column attributes=colour,size; "
+        "beats --columns. Fields: id, title, description, images, image_sep, category, category_sep, brand, attributes, delimiter.",
+    ),
 ) -> None:
     """Convert a catalog into canonical JSONL; bad rows and images are reported and skipped."""
     with user_errors():
@@ -41,6 +51,10 @@ def import_catalog(
         settings = {"image_dir": image_dir, "check_images": check_images or verify_images, "verify_images": verify_images}
         if brand_stop_words is not None:
             settings["brand_stop_words"] = _split_words(brand_stop_words)
+        if encoding is not None:
+            settings["encoding"] = encoding
+        if columns_file is not None or column:
+            settings["columns"] = _column_mapping(columns_file, column)
         options = ReaderOptions(**settings)
         problems = ProblemLog()
         catalog = read_catalog(fmt, src, problems, options)
@@ -53,6 +67,18 @@ def import_catalog(
             raise typer.Exit(1)
         write_jsonl(catalog, out)
     print(f"wrote {len(catalog)} products ({sum(len(p.images) for p in catalog)} images) to {out}")
+
+
+def _column_mapping(path: Path | None, pairs: list[str]):
+    from catalogclip.catalog.readers.mapped_csv import ColumnMapping, load_mapping
+
+    raw = load_mapping(path) if path is not None else {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--column {pair}: expected FIELD=COLUMN")
+        raw[name.strip()] = value if name.strip().endswith("_sep") or name.strip() == "delimiter" else value.strip()
+    return ColumnMapping.from_dict(raw)
 
 
 def _split_words(text: str) -> tuple[str, ...]:

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Row
+from catalogclip.catalog.schema import Row, join_values
+from catalogclip.catalog.textfile import text_lines
 from catalogclip.registry import Registry
+
+if TYPE_CHECKING:
+    from catalogclip.catalog.readers.mapped_csv import ColumnMapping
 
 # Words that end the brand at the start of a Myntra product name ("Puma Men Grey T-shirt").
 BRAND_STOP_WORDS = (
@@ -27,6 +32,9 @@ class ReaderOptions:
     brand_stop_words: tuple[str, ...] = BRAND_STOP_WORDS  # myntra
     check_images: bool = True  # drop images that do not exist (stat only)
     verify_images: bool = False  # also decode every image (slow)
+    # Text encoding of the source; None: UTF-8, or what an XML feed declares.
+    encoding: str | None = None
+    columns: "ColumnMapping | None" = None  # csv: which columns are what
 
 
 @dataclass
@@ -46,24 +54,33 @@ EXTRA_FIELDS = "__extra__"
 """Key of a CSV row's fields beyond the header (a list), e.g. from unquoted commas."""
 
 
-def csv_rows(path: Path, required: Iterable[str], problems: ProblemLog) -> Iterator[tuple[int, dict]]:
-    """(line number, {column: value}) per data row of a UTF-8 CSV file with a header.
+def csv_rows(
+    path: Path,
+    required: Iterable[str],
+    problems: ProblemLog,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    header: Callable[[str], str] = str.strip,
+) -> Iterator[tuple[int, dict]]:
+    """(line number, {column: value}) per data row of a CSV (or TSV) file with a header.
 
-    Raises ValueError naming the file and the first missing column, or the line near which
-    the text is not UTF-8. Short rows and rows the csv module cannot parse are logged and skipped.
+    Raises ValueError naming the file and the first missing column. Short rows and rows the csv
+    module cannot parse are logged and skipped; bytes that do not decode, see `text_lines`.
+    `delimiter` None: a tab when the header holds more tabs than commas, else a comma;
+    `header` turns the header's names into the row's keys.
     """
-    with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: spreadsheets often add a BOM
-        reader = csv.DictReader(fh, restkey=EXTRA_FIELDS)
-        try:
-            yield from _dict_rows(path, reader, required, problems)
-        except UnicodeDecodeError as exc:  # text is decoded in chunks: the line is approximate
-            raise ValueError(f"{path}: not UTF-8 text near line {reader.reader.line_num + 1} ({exc.reason})") from None
+    lines = text_lines(path, problems, encoding or "utf-8")
+    first = next(lines, "")
+    if delimiter is None:
+        delimiter = "\t" if first.count("\t") > first.count(",") else ","
+    reader = csv.DictReader(itertools.chain([first], lines), restkey=EXTRA_FIELDS, delimiter=delimiter)
+    yield from _dict_rows(path, reader, required, problems, header)
 
 
 def _dict_rows(
-    path: Path, reader: csv.DictReader, required: Iterable[str], problems: ProblemLog
+    path: Path, reader: csv.DictReader, required: Iterable[str], problems: ProblemLog, header_name: Callable[[str], str]
 ) -> Iterator[tuple[int, dict]]:
-    header = [name.strip() for name in reader.fieldnames or ()]
+    header = [header_name(name) for name in reader.fieldnames or ()]
     if not header:
         raise ValueError(f"{path}: empty file, expected a CSV header")
     missing = [name for name in required if name not in header]
@@ -84,6 +101,36 @@ def _dict_rows(
             problems.add("malformed row", path, reader.line_num, f"{given} fields, the header has {len(header)}")
             continue
         yield reader.line_num, row
+
+
+def group_variants(items: Iterable[tuple[int, dict]]) -> Iterator[tuple[int, dict]]:
+    """Raw products sharing a "group" key merged into one (see `merge_variants`), at the line
+    and in the order of each group's first row."""
+    groups: dict[str, tuple[int, list[dict]]] = {}
+    for line, raw in items:
+        groups.setdefault(raw.pop("group"), (line, []))[1].append(raw)
+    for group, (line, variants) in groups.items():
+        yield line, merge_variants(group, variants)
+
+
+def merge_variants(group: str, variants: list[dict]) -> dict:
+    """One raw product from its variants: id `group`, the first non-empty title, description and
+    category; every image once, in order; each attribute's distinct values as a multi-value."""
+    def first(key: str):
+        return next((v[key] for v in variants if v.get(key)), variants[0].get(key))
+
+    attributes: dict[str, list[str]] = {}
+    for variant in variants:
+        for key, value in variant.get("attributes", {}).items():
+            attributes.setdefault(key, []).append(value)
+    return {
+        "id": group,
+        "title": first("title"),
+        "description": first("description") or "",
+        "images": list(dict.fromkeys(image for v in variants for image in v.get("images", []))),
+        "attributes": {key: join_values(values) for key, values in attributes.items()},
+        "category_path": first("category_path") or [],
+    }
 
 
 def resolve_image_dir(options: ReaderOptions, default: Path) -> Path:

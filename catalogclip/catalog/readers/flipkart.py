@@ -67,8 +67,11 @@ def category_from_tree(text: str, product_name: str) -> list[str]:
 
 
 def image_names(text: str) -> list[str]:
-    """File names of the image URLs (or names) in the `image` column, duplicates removed."""
-    names = (PurePosixPath(urlsplit(str(url).strip()).path).name for url in _json_list(text, "image"))
+    """File names in the `image` column, duplicates removed. The column comes in three shapes:
+    a JSON list of URLs, one URL, or a bare file name; a URL counts by its file name."""
+    text = text.strip()
+    entries = _json_list(text, "image") if text.startswith("[") else [text]
+    names = (PurePosixPath(urlsplit(str(entry).strip()).path).name for entry in entries)
     return list(dict.fromkeys(name for name in names if name))
 
 
@@ -84,8 +87,10 @@ def _json_list(text: str, column: str) -> list:
     return value
 
 
-def _raw_products(csv_path: Path, image_dir: Path, problems: ProblemLog) -> Iterator[tuple[int, dict]]:
-    for line, row in csv_rows(csv_path, COLUMNS, problems):
+def _raw_products(
+    csv_path: Path, image_dir: Path, problems: ProblemLog, encoding: str | None
+) -> Iterator[tuple[int, dict]]:
+    for line, row in csv_rows(csv_path, COLUMNS, problems, encoding):
         name = row["product_name"].strip()
         try:
             category = category_from_tree(row["product_category_tree"], name)
@@ -111,10 +116,20 @@ def _raw_products(csv_path: Path, image_dir: Path, problems: ProblemLog) -> Iter
         }
 
 
+def find_csv(folder: Path) -> Path:
+    """The one CSV file in `folder`; ValueError naming the folder when there is none or several."""
+    found = sorted(folder.glob("*.csv"))
+    if len(found) != 1:
+        names = ", ".join(path.name for path in found) or "none"
+        raise ValueError(f"{folder}: expected one Flipkart CSV file in the folder, found {names}")
+    return found[0]
+
+
 @READERS.register("flipkart")
 def read_flipkart(src: Path, problems: ProblemLog, options: ReaderOptions) -> Source:
-    """SRC is the CSV file; images are looked up by file name in `<csv folder>/images`."""
-    if src.is_dir():
-        raise ValueError(f"{src}: is a folder, expected the Flipkart CSV file")
-    image_dir = resolve_image_dir(options, src.parent / "images")
-    return Source(src, src.parent, products_from_rows(_raw_products(src, image_dir, problems), src, problems))
+    """SRC is the CSV file or the folder holding it; images are looked up by file name in
+    `<csv folder>/images` (the sample's image URLs are only names: they are not downloaded)."""
+    csv_path = find_csv(src) if src.is_dir() else src
+    image_dir = resolve_image_dir(options, csv_path.parent / "images")
+    raw = _raw_products(csv_path, image_dir, problems, options.encoding)
+    return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems))

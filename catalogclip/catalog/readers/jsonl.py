@@ -12,4 +12,4 @@ from catalogclip.catalog.schema import iter_jsonl
 def read_canonical(src: Path, problems: ProblemLog, options: ReaderOptions) -> Source:
     if src.is_dir():
         raise ValueError(f"{src}: is a folder, expected a .jsonl file")
-    return Source(src, src.parent, iter_jsonl(src, problems))
+    return Source(src, src.parent, iter_jsonl(src, problems, options.encoding or "utf-8"))

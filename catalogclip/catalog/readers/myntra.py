@@ -33,9 +33,9 @@ def brand_from_name(name: str, stop_words: Iterable[str]) -> str:
 
 
 def _raw_products(
-    csv_path: Path, image_dir: Path, stop_words: tuple[str, ...], problems: ProblemLog
+    csv_path: Path, image_dir: Path, stop_words: tuple[str, ...], problems: ProblemLog, encoding: str | None
 ) -> Iterator[tuple[int, dict]]:
-    for line, row in csv_rows(csv_path, COLUMNS, problems):
+    for line, row in csv_rows(csv_path, COLUMNS, problems, encoding):
         # The real file has names with unquoted commas: the last column takes the extra fields.
         name = ",".join([row[NAME], *row.get(EXTRA_FIELDS, [])]).strip()
         product_id = row["id"].strip()
@@ -57,5 +57,5 @@ def read_myntra(src: Path, problems: ProblemLog, options: ReaderOptions) -> Sour
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: no such file (expected the Myntra styles.csv)")
     image_dir = resolve_image_dir(options, csv_path.parent / "images")
-    raw = _raw_products(csv_path, image_dir, options.brand_stop_words, problems)
+    raw = _raw_products(csv_path, image_dir, options.brand_stop_words, problems, options.encoding)
     return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems))

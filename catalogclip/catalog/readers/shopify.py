@@ -1,0 +1,118 @@
+"""Shopify's product CSV export: one row per variant and per image, rows of a product share its Handle.
+
+The first row of a product holds its title, body, vendor, type, tags and option names; later
+rows add variants (option values, a variant image) and images (Image Src at Image Position).
+One product per Handle, as for Google's item_group_id (see `merge_variants`).
+"""
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterator
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, merge_variants
+from catalogclip.catalog.schema import join_values, products_from_rows
+
+REQUIRED = ("Handle", "Title", "Image Src")
+OPTIONS = (1, 2, 3)
+NO_VARIANTS = ("Title", "Default Title")  # the option Shopify writes for a product without variants
+
+
+class _HtmlText(HTMLParser):
+    BLOCKS = {"p", "br", "div", "li", "ul", "ol", "tr", "td", "h1", "h2", "h3", "h4", "h5", "h6"}
+    HIDDEN = {"script", "style"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.hidden += tag in self.HIDDEN
+        if tag in self.BLOCKS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag) -> None:
+        self.hidden -= tag in self.HIDDEN and self.hidden > 0
+        if tag in self.BLOCKS:
+            self.parts.append(" ")
+
+    def handle_data(self, data) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML fragment, whitespace collapsed ("<p>Soft&nbsp;cotton</p>" -> "Soft cotton")."""
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    return " ".join("".join(parser.parts).split())
+
+
+def _attributes(row: dict, option_names: list[str]) -> dict[str, str]:
+    attributes = {
+        "brand": row.get("Vendor", ""),
+        "type": row.get("Type", ""),
+        "tags": join_values((row.get("Tags") or "").split(",")),
+    }
+    for i, name in zip(OPTIONS, option_names):
+        value = (row.get(f"Option{i} Value") or "").strip()
+        if name and value and (name, value) != NO_VARIANTS:
+            attributes[name] = value
+    return {key: value.strip() for key, value in attributes.items() if value and value.strip()}
+
+
+def _images(rows: list[dict]) -> list[str]:
+    """Image Src by Image Position (rows without a position after, in row order), then variant images."""
+    positioned = []
+    for order, row in enumerate(rows):
+        src = (row.get("Image Src") or "").strip()
+        if src:
+            position = (row.get("Image Position") or "").strip()
+            positioned.append((int(position) if position.isdigit() else len(rows) + order, order, src))
+    images = [src for _, _, src in sorted(positioned)]
+    images += [(row.get("Variant Image") or "").strip() for row in rows]
+    return [image for image in dict.fromkeys(images) if image]
+
+
+def _category(row: dict) -> list[str]:
+    """Product Category's path (Shopify's taxonomy, `>`-separated), else the shop's own Type."""
+    path = [node.strip() for node in (row.get("Product Category") or "").split(">") if node.strip()]
+    return path or [node for node in [(row.get("Type") or "").strip()] if node]
+
+
+def product_of(handle: str, rows: list[dict]) -> dict:
+    """The raw product of one Handle's rows."""
+    option_names = [(rows[0].get(f"Option{i} Name") or "").strip() for i in OPTIONS]
+    variants = [
+        {
+            "title": (row.get("Title") or "").strip(),
+            "description": html_to_text(row.get("Body (HTML)") or ""),
+            "attributes": _attributes(row, option_names),
+            "category_path": _category(row),
+        }
+        for row in rows
+    ]
+    return merge_variants(handle, variants) | {"images": _images(rows)}
+
+
+def _products(path: Path, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
+    handles: dict[str, tuple[int, list[dict]]] = {}
+    for line, row in csv_rows(path, REQUIRED, problems, encoding):
+        handle = row["Handle"].strip()
+        if not handle:
+            problems.add("malformed row", path, line, "field 'Handle' is empty")
+            continue
+        handles.setdefault(handle, (line, []))[1].append(row)
+    for handle, (line, rows) in handles.items():
+        yield line, product_of(handle, rows)
+
+
+@READERS.register("shopify")
+def read_shopify(src: Path, problems: ProblemLog, options: ReaderOptions) -> Source:
+    """SRC is the exported products CSV; image paths that are not URLs start from its folder."""
+    if src.is_dir():
+        raise ValueError(f"{src}: is a folder, expected Shopify's products CSV export")
+    return Source(src, src.parent, products_from_rows(_products(src, problems, options.encoding), src, problems))

@@ -1,0 +1,300 @@
+"""Shop exports: Google Merchant feeds (TSV, XML), Shopify's product CSV, a mapped CSV, Flipkart's variants."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.readers import ReaderOptions, read_catalog
+from catalogclip.catalog.readers.mapped_csv import ColumnMapping
+from catalogclip.catalog.readers.shopify import html_to_text
+from test_readers import flipkart_row, write_flipkart, write_jpeg
+
+RAW = ReaderOptions()
+
+
+def write_images(root: Path, names: list[str]) -> None:
+    for name in names:
+        write_jpeg(root / name)
+
+
+def image_names(product) -> list[str]:
+    return [Path(image.path).name for image in product.images]
+
+
+# --- google-merchant --------------------------------------------------------------------
+
+GOOGLE_FIELDS = ["id", "title", "description", "link", "image_link", "additional_image_link", "brand", "color",
+                 "gender", "age_group", "material", "pattern", "size", "google_product_category", "product_type",
+                 "item_group_id"]
+GOOGLE_ITEMS = [
+    # Two colour variants of one shirt (sizes S and M of red): one product.
+    ["TS-R-S", "Oxford Shirt Red S", "Cotton <b>oxford</b>.", "https://shop.example/ts", "images/ts-red.jpg",
+     "images/ts-red-back.jpg,images/ts-red-side.jpg", "Acme", "Red", "male", "adult", "Cotton", "Solid", "S",
+     "Apparel & Accessories > Clothing > Shirts & Tops", "Men > Shirts > Oxford", "TS"],
+    ["TS-R-M", "Oxford Shirt Red M", "Cotton oxford.", "", "images/ts-red.jpg", "", "Acme", "Red", "male",
+     "adult", "Cotton", "Solid", "M", "", "Men > Shirts > Oxford", "TS"],
+    ["MUG-1", "Stoneware Mug", "", "", "images/mug.jpg", "", "Potter", "", "", "", "Stoneware", "", "",
+     "Home & Garden > Kitchen & Dining > Tableware > Drinkware > Mugs", "", ""],
+    ["TS-B-S", "Oxford Shirt Blue S", "", "", "images/ts-blue.jpg", "", "Acme", "Blue", "male", "adult",
+     "Cotton", "Solid", "S", "", "Men > Shirts > Oxford", "TS"],
+    ["BAD-1", "", "no title", "", "images/mug.jpg", "", "", "", "", "", "", "", "", "", "", ""],
+    ["NUM-1", "Numbered Category", "", "", "images/mug.jpg", "", "", "", "", "", "", "", "", "2271", "", ""],
+]
+GOOGLE_IMAGES = ["images/ts-red.jpg", "images/ts-red-back.jpg", "images/ts-red-side.jpg", "images/ts-blue.jpg",
+                 "images/mug.jpg"]
+
+
+def check_google_catalog(catalog, problems, feed: Path, bad_line: int) -> None:
+    assert [p.id for p in catalog] == ["TS", "MUG-1", "NUM-1"]
+    shirt = catalog["TS"]
+    assert shirt.title == "Oxford Shirt Red S"
+    assert shirt.category_path == ["Men", "Shirts", "Oxford"]  # product_type wins over the Google taxonomy
+    assert image_names(shirt) == ["ts-red.jpg", "ts-red-back.jpg", "ts-red-side.jpg", "ts-blue.jpg"]
+    assert shirt.attributes == {"brand": "Acme", "color": "Red | Blue", "gender": "male", "age_group": "adult",
+                                "material": "Cotton", "pattern": "Solid", "size": "S | M"}
+    mug = catalog["MUG-1"]
+    assert mug.category_path == ["Home & Garden", "Kitchen & Dining", "Tableware", "Drinkware", "Mugs"]
+    assert mug.attributes == {"brand": "Potter", "material": "Stoneware"}
+    assert catalog["NUM-1"].category_path == []  # a bare taxonomy id names no nodes
+    assert [(p.kind, p.file, p.line) for p in problems.problems] == [("malformed row", str(feed), bad_line)]
+    assert "field 'title' is empty" in problems.problems[0].message
+
+
+def test_google_merchant_tsv_groups_variants_and_keeps_every_image(tmp_path):
+    write_images(tmp_path, GOOGLE_IMAGES)
+    feed = tmp_path / "feed.tsv"
+    feed.write_text("\n".join("\t".join(row) for row in [GOOGLE_FIELDS, *GOOGLE_ITEMS]) + "\n", encoding="utf-8")
+    problems = ProblemLog()
+    catalog = read_catalog("google-merchant", feed, problems, RAW)
+    check_google_catalog(catalog, problems, feed, bad_line=6)
+    assert catalog["TS"].description == "Cotton <b>oxford</b>."
+
+
+def google_xml(items: list[list[str]]) -> str:
+    def item(row: list[str]) -> str:
+        lines = ["  <item>"]
+        for name, value in zip(GOOGLE_FIELDS, row):
+            if not value:
+                continue
+            values = value.split(",") if name == "additional_image_link" else [value]
+            tag = name if name in ("title", "description", "link") else f"g:{name}"
+            lines += [f"    <{tag}>{v.replace('&', '&amp;').replace('<', '&lt;')}</{tag}>" for v in values]
+        return "\n".join(lines + ["  </item>"])
+
+    body = "\n".join(item(row) for row in items)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" xmlns:g="http://base.google.com/ns/1.0">\n'
+            f"<channel>\n<title>Shop</title>\n{body}\n</channel>\n</rss>\n")
+
+
+def test_google_merchant_xml_rss_reads_the_same_feed(tmp_path):
+    write_images(tmp_path, GOOGLE_IMAGES)
+    feed = tmp_path / "feed.xml"
+    feed.write_text(google_xml(GOOGLE_ITEMS), encoding="utf-8")
+    problems = ProblemLog()
+    catalog = read_catalog("google-merchant", feed, problems, RAW)
+    # A problem names the line of the item's <item> tag: the bad item is the 5th.
+    starts = [i + 1 for i, line in enumerate(feed.read_text().splitlines()) if line == "  <item>"]
+    check_google_catalog(catalog, problems, feed, bad_line=starts[4])
+    assert catalog["TS"].description == "Cotton <b>oxford</b>."  # XML-escaped text comes back as written
+
+
+def test_google_merchant_xml_latin1_declaration_and_broken_xml(tmp_path):
+    write_images(tmp_path, GOOGLE_IMAGES)
+    feed = tmp_path / "feed.xml"
+    text = google_xml(GOOGLE_ITEMS[2:3]).replace("UTF-8", "ISO-8859-1").replace("Stoneware Mug", "Mug Garçon")
+    feed.write_bytes(text.encode("latin-1"))
+    assert read_catalog("google-merchant", feed, ProblemLog(), RAW)["MUG-1"].title == "Mug Garçon"
+
+    feed.write_text(google_xml(GOOGLE_ITEMS[2:3]).replace("</channel>", "<item><g:id>x</oops></channel>"))
+    problems = ProblemLog()
+    assert [p.id for p in read_catalog("google-merchant", feed, problems, RAW)] == ["MUG-1"]
+    assert [p.kind for p in problems.problems] == ["malformed row"]
+    assert "XML: mismatched tag" in problems.problems[0].message
+
+
+def test_google_merchant_tsv_missing_column(tmp_path):
+    feed = tmp_path / "feed.tsv"
+    feed.write_text("id\ttitle\nA\tMug\n")
+    with pytest.raises(ValueError, match=r"feed\.tsv: missing column 'image_link'"):
+        read_catalog("google-merchant", feed, ProblemLog())
+
+
+# --- shopify ----------------------------------------------------------------------------
+
+SHOPIFY_HEADER = ["Handle", "Title", "Body (HTML)", "Vendor", "Product Category", "Type", "Tags", "Published",
+                  "Option1 Name", "Option1 Value", "Option2 Name", "Option2 Value", "Option3 Name", "Option3 Value",
+                  "Variant SKU", "Variant Price", "Image Src", "Image Position", "Image Alt Text", "Variant Image",
+                  "Status"]
+
+
+def shopify_row(handle: str, **fields: str) -> list[str]:
+    return [fields.get(name.replace(" ", "_").replace("(", "").replace(")", ""), "") if name != "Handle" else handle
+            for name in SHOPIFY_HEADER]
+
+
+SHOPIFY_ROWS = [
+    shopify_row("linen-shirt", Title="Linen Shirt", Body_HTML="<p>Breathable&nbsp;linen.</p><ul><li>Relaxed fit</li></ul><script>x()</script>",
+                Vendor="Acme", Product_Category="Apparel & Accessories > Clothing > Shirts & Tops", Type="Shirts",
+                Tags="summer, linen", Option1_Name="Colour", Option1_Value="White", Option2_Name="Size",
+                Option2_Value="S", Variant_SKU="LS-W-S", Image_Src="images/ls-2.jpg", Image_Position="2",
+                Variant_Image="images/ls-white.jpg"),
+    shopify_row("linen-shirt", Option1_Value="White", Option2_Value="M", Variant_SKU="LS-W-M",
+                Image_Src="images/ls-1.jpg", Image_Position="1", Variant_Image="images/ls-white.jpg"),
+    shopify_row("linen-shirt", Option1_Value="Sand", Option2_Value="S", Variant_SKU="LS-S-S",
+                Image_Src="images/ls-3.jpg", Image_Position="3", Variant_Image="images/ls-sand.jpg"),
+    shopify_row("mug", Title="Mug", Vendor="Potter", Type="Mugs", Option1_Name="Title", Option1_Value="Default Title",
+                Image_Src="images/mug.jpg", Image_Position="1"),
+    shopify_row("", Title="Orphan"),
+    shopify_row("no-title", Image_Src="images/mug.jpg"),
+]
+
+
+def test_shopify_groups_rows_by_handle_with_images_in_position_order(tmp_path):
+    write_images(tmp_path, ["images/ls-1.jpg", "images/ls-2.jpg", "images/ls-3.jpg", "images/ls-white.jpg",
+                            "images/ls-sand.jpg", "images/mug.jpg"])
+    path = tmp_path / "products_export.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([SHOPIFY_HEADER, *SHOPIFY_ROWS])
+    problems = ProblemLog()
+    catalog = read_catalog("shopify", path, problems, RAW)
+
+    assert [p.id for p in catalog] == ["linen-shirt", "mug"]
+    shirt = catalog["linen-shirt"]
+    assert shirt.title == "Linen Shirt"
+    assert shirt.description == "Breathable linen. Relaxed fit"
+    assert shirt.category_path == ["Apparel & Accessories", "Clothing", "Shirts & Tops"]
+    assert image_names(shirt) == ["ls-1.jpg", "ls-2.jpg", "ls-3.jpg", "ls-white.jpg", "ls-sand.jpg"]
+    assert shirt.attributes == {"brand": "Acme", "type": "Shirts", "tags": "summer | linen",
+                                "Colour": "White | Sand", "Size": "S | M"}
+    mug = catalog["mug"]
+    assert mug.attributes == {"brand": "Potter", "type": "Mugs"}  # "Default Title" is no option
+    assert mug.category_path == ["Mugs"]  # no Product Category: the shop's Type
+    assert [(p.kind, p.line) for p in problems.problems] == [("malformed row", 6), ("malformed row", 7)]
+    assert problems.problems[0].message == "field 'Handle' is empty"
+    assert problems.problems[1].message == "field 'title' is empty"
+
+
+def test_html_to_text():
+    assert html_to_text("<h2>Care</h2><p>Wash&nbsp;at 30&deg;C<br>Do not bleach</p>") == "Care Wash at 30°C Do not bleach"
+    assert html_to_text("<style>p {}</style>plain") == "plain"
+
+
+# --- csv with a column mapping ----------------------------------------------------------
+
+
+def test_mapped_tsv_with_image_and_category_separators(tmp_path):
+    write_images(tmp_path, ["pics/a1.jpg", "pics/a2.jpg", "pics/b.jpg"])
+    path = tmp_path / "export.tsv"
+    path.write_text(
+        "sku\tname\tdetails\tpictures\tdept\tmaker\tshade\tfit\n"
+        "A\tWool Scarf\tWarm.\tpics/a1.jpg; pics/a2.jpg\tAccessories/Scarves\tNorthwind\tGrey\t\n"
+        "B\tCanvas Tote\t\tpics/b.jpg\tBags\t\tBeige\tRoomy\n"
+        "C\tNo Picture\t\t\tBags\t\t\t\n",
+        encoding="utf-8",
+    )
+    mapping = ColumnMapping.from_dict({
+        "id": "sku", "title": "name", "description": "details", "images": "pictures", "image_sep": ";",
+        "category": "dept", "category_sep": "/", "brand": "maker", "attributes": {"colour": "shade", "fit": "fit"},
+    })
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=mapping))
+    assert [p.id for p in catalog] == ["A", "B"]
+    scarf = catalog["A"]
+    assert (scarf.title, scarf.description) == ("Wool Scarf", "Warm.")
+    assert image_names(scarf) == ["a1.jpg", "a2.jpg"]
+    assert scarf.category_path == ["Accessories", "Scarves"]
+    assert scarf.attributes == {"colour": "Grey", "brand": "Northwind"}
+    assert catalog["B"].attributes == {"colour": "Beige", "fit": "Roomy"}
+    assert [(p.kind, p.line, p.message) for p in problems.problems] == [
+        ("malformed row", 4, "field 'images' must be a non-empty list")
+    ]
+
+
+def test_column_mapping_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="which column is 'images'"):
+        ColumnMapping.from_dict({"id": "a", "title": "b"})
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        ColumnMapping.from_dict({"id": "a", "title": "b", "images": "c", "colour": "d"})
+    path = tmp_path / "x.csv"
+    path.write_text("sku,name\n1,x\n")
+    with pytest.raises(ValueError, match="a column mapping is required"):
+        read_catalog("csv", path, ProblemLog())
+    mapping = ColumnMapping.from_dict({"id": "sku", "title": "name", "images": "img"})
+    with pytest.raises(ValueError, match=r"x\.csv: missing column 'img'"):
+        read_catalog("csv", path, ProblemLog(), ReaderOptions(columns=mapping))
+
+
+# --- flipkart: every shape of the image column, SRC a folder ------------------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        json.dumps(["http://img5a.flixcart.com/image/a/b/55b85ea1.jpeg?q=70", "http://img5a.flixcart.com/x/55b85ea1.jpeg"]),
+        "http://img5a.flixcart.com/image/a/b/55b85ea1.jpeg",
+        "55b85ea1.jpeg",
+    ],
+    ids=["json-list", "one-url", "file-name"],
+)
+def test_flipkart_image_column_variants_and_folder_source(tmp_path, image):
+    write_flipkart(tmp_path / "flipkart_sample.csv", [flipkart_row("a", "Mug", "Kitchen >> Mugs", []) | {"image": image}])
+    write_jpeg(tmp_path / "images" / "55b85ea1.jpeg")
+    for src in (tmp_path / "flipkart_sample.csv", tmp_path):
+        problems = ProblemLog()
+        catalog = read_catalog("flipkart", src, problems)
+        assert not problems.problems
+        assert image_names(catalog["a"]) == ["55b85ea1.jpeg"]
+
+
+def test_flipkart_folder_must_hold_one_csv(tmp_path):
+    with pytest.raises(ValueError, match="expected one Flipkart CSV file in the folder, found none"):
+        read_catalog("flipkart", tmp_path)
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("x\n")
+    with pytest.raises(ValueError, match="found a.csv, b.csv"):
+        read_catalog("flipkart", tmp_path)
+
+
+# --- encodings --------------------------------------------------------------------------
+
+LATIN1_ROW = "1,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Garçons Men Tee\n"
+
+
+def test_bytes_that_do_not_decode_are_reported_and_replaced_not_fatal(tmp_path):
+    from test_readers import MYNTRA_HEADER, write_myntra
+
+    root = write_myntra(tmp_path, [], ["1", "2"])
+    good = "2,Women,Apparel,Topwear,Tops,Blue,Summer,2012,Casual,Élan Women Top\n"
+    (root / "styles.csv").write_bytes(MYNTRA_HEADER.encode() + LATIN1_ROW.encode("latin-1") + good.encode("utf-8"))
+    problems = ProblemLog()
+    catalog = read_catalog("myntra", root, problems)
+    assert catalog["1"].title == "Gar\ufffdons Men Tee" and catalog["2"].title == "Élan Women Top"
+    assert [(p.kind, p.line) for p in problems.problems] == [("undecodable bytes", 2)]
+    assert "byte 0xe7 at position 57 of the line is not utf-8" in problems.problems[0].message
+    assert "row kept" in problems.problems[0].message
+
+    (root / "styles.csv").write_bytes((MYNTRA_HEADER + LATIN1_ROW).encode("cp1252"))
+    problems = ProblemLog()
+    assert read_catalog("myntra", root, problems, ReaderOptions(encoding="cp1252"))["1"].title == "Garçons Men Tee"
+    assert not problems.problems
+    with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
+        read_catalog("myntra", root, ProblemLog(), ReaderOptions(encoding="klingon"))
+    with pytest.raises(ValueError, match="encoding 'utf-16' is not supported"):
+        read_catalog("myntra", root, ProblemLog(), ReaderOptions(encoding="utf-16"))
+
+
+def test_read_jsonl_survives_a_bad_byte(tmp_path):
+    from catalogclip.catalog.schema import read_jsonl
+
+    path = tmp_path / "catalog.jsonl"
+    rows = [{"id": "a", "title": "Garçons Tee", "images": ["a.jpg"]}, {"id": "b", "title": "Mug", "images": ["b.jpg"]}]
+    lines = [json.dumps(row, ensure_ascii=False).encode("utf-8") for row in rows]
+    path.write_bytes(lines[0].replace("ç".encode(), b"\xe7") + b"\n" + lines[1] + b"\n")
+    problems = ProblemLog()
+    catalog = read_jsonl(path, problems)
+    assert [p.title for p in catalog] == ["Gar\ufffdons Tee", "Mug"]
+    assert [(p.kind, p.file, p.line) for p in problems.problems] == [("undecodable bytes", str(path), 1)]
