@@ -149,3 +149,29 @@ def test_import_mapped_csv_from_flags_and_yaml_with_an_encoding(tmp_path):
 
     result = run("import", "-f", "csv", tmp_path / "shop.csv", out, "--column", "title")
     assert result.exit_code == 2 and result.stderr.strip() == "error: --column title: expected FIELD=COLUMN"
+
+
+def test_import_normalises_attributes_and_says_what_it_merged(tmp_path):
+    from test_readers import flipkart_row, write_flipkart
+
+    specs = '{"product_specification"=>[{"key"=>"Brand", "value"=>"ALISHA"}, {"key"=>"Ideal For", "value"=>"%s"}, {"key"=>"Color", "value"=>"%s"}]}'
+    rows = [flipkart_row(f"a{i}", f"Shorts {i}", "Clothing >> Shorts", ["s.jpg"], specs % (ideal, colour), brand="Alisha")
+            for i, (ideal, colour) in enumerate([("Men, Women", "Blk"), ("Men and Women", "Black"), ("Men", "black"), ("Women", "Red")])]
+    csv_path = write_flipkart(tmp_path / "flipkart.csv", rows)
+    write_jpeg(tmp_path / "images" / "s.jpg")
+    out = tmp_path / "c.jsonl"
+    (tmp_path / "aliases.yaml").write_text("values:\n  colour:\n    Blk: Black\n")
+
+    result = run("import", "-f", "flipkart", csv_path, out, "--aliases", tmp_path / "aliases.yaml")
+    assert result.exit_code == 0, result.output
+    attributes = [json.loads(line)["attributes"] for line in out.read_text().splitlines()]
+    assert attributes[0] == attributes[1] == {"brand": "Alisha", "gender": "Men | Women", "colour": "Black"}
+    assert attributes[2] == {"brand": "Alisha", "gender": "Men", "colour": "Black"}
+    assert "attribute groups merged: brand <- Brand (4), brand (4); colour <- Color (4); gender <- Ideal For (4)" in result.stderr
+    assert "value spellings merged: 2 in 2 groups (e.g. brand: ALISHA -> Alisha; colour: black -> Black)" in result.stderr
+    assert "multi-values split: 2 values" in result.stderr and "alias file: colour 1 values" in result.stderr
+
+    assert run("import", "-f", "flipkart", csv_path, out, "--no-normalise").exit_code == 0
+    assert json.loads(out.read_text().splitlines()[0])["attributes"] == {
+        "Brand": "ALISHA", "Ideal For": "Men, Women", "Color": "Blk", "brand": "Alisha"
+    }

@@ -185,7 +185,7 @@ def test_flipkart_tree_specs_and_local_images(tmp_path):
     assert [p.id for p in catalog] == ["a1", "b2", "c3"]
     shorts = catalog["a1"]
     assert shorts.category_path == ["Clothing", "Women's Clothing", "Shorts", "Alisha Shorts"]
-    assert shorts.attributes == {"Fabric": "Cotton", "Pattern": "Solid", "brand": "Alisha"}
+    assert shorts.attributes == {"material": "Cotton", "Pattern": "Solid", "brand": "Alisha"}  # normalised
     assert shorts.description == "Key features of Alisha Solid Women's Cycling Shorts"
     # One of two images is missing: the product stays with the other, and the drop is counted.
     assert [Path(im.path).name for im in shorts.images] == ["alisha-1.jpeg"]

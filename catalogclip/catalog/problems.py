@@ -25,11 +25,13 @@ class ProblemLog:
     """Collects problems met while reading input; `loaded` counts what was usable.
 
     Every problem is kept (for `--problems FILE`); `report` prints the first few of each kind
-    and a count, so 30k missing images do not flood a terminal.
+    and a count, so 30k missing images do not flood a terminal. `notes` say what was changed on
+    the way in (attributes normalised, images downloaded), printed before the summary.
     """
 
     problems: list[Problem] = field(default_factory=list)
     loaded: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def add(self, kind: str, file: str | Path, line: int | None, message: str) -> None:
         self.problems.append(Problem(kind, str(file), line, message))
@@ -54,6 +56,8 @@ class ProblemLog:
         for kind, n in sorted(shown.items()):
             if n > per_kind:
                 print(f"... and {n - per_kind} more '{kind}'", file=out)
+        for note in self.notes:
+            print(note, file=out)
         print(self.summary(), file=out)
 
     def write(self, path: str | Path) -> None:

@@ -31,6 +31,12 @@ def import_catalog(
         None, "--brand-stop-words", help="myntra: comma-separated words that end the brand in a product name."
     ),
     problems_file: Path | None = typer.Option(None, "--problems", help="Write every problem met to this file."),
+    normalise: bool = typer.Option(
+        True, "--normalise/--no-normalise", help="Unify attribute names and value spellings (reported in the summary)."
+    ),
+    aliases: Path | None = typer.Option(
+        None, "--aliases", help="YAML of the shop's own synonyms: {keys: {Shade: colour}, values: {colour: {Blk: Black}}}."
+    ),
     encoding: str | None = typer.Option(
         None, "--encoding", help="Text encoding of SRC, e.g. cp1252, latin-1 (default UTF-8, or an XML feed's own)."
     ),
@@ -42,17 +48,25 @@ def import_catalog(
 ) -> None:
     """Convert a catalog into canonical JSONL; bad rows and images are reported and skipped."""
     with user_errors():
+        from catalogclip.catalog.normalise import load_aliases
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.catalog.readers import ReaderOptions, read_catalog
         from catalogclip.catalog.schema import write_jsonl
 
         if fmt == "fashiongen" and image_dir is None:
             image_dir = out.parent / "images"
-        settings = {"image_dir": image_dir, "check_images": check_images or verify_images, "verify_images": verify_images}
+        settings = {
+            "image_dir": image_dir,
+            "check_images": check_images or verify_images,
+            "verify_images": verify_images,
+            "normalise": normalise,
+        }
         if brand_stop_words is not None:
             settings["brand_stop_words"] = _split_words(brand_stop_words)
         if encoding is not None:
             settings["encoding"] = encoding
+        if aliases is not None:
+            settings["aliases"] = load_aliases(aliases)
         if columns_file is not None or column:
             settings["columns"] = _column_mapping(columns_file, column)
         options = ReaderOptions(**settings)

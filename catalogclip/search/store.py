@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from catalogclip.catalog.schema import Product, product_from_json
+from catalogclip.catalog.schema import Product, product_from_json, split_values
 from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, fold
 
 _SCHEMA = """
@@ -87,7 +87,8 @@ class MetadataStore:
             self._db.executemany("INSERT INTO vectors (vid, row, image) VALUES (?, ?, ?)", [(v, row, i) for v, i in vectors])
             self._db.executemany(
                 "INSERT INTO attrs (row, field, key, value, num) VALUES (?, ?, ?, ?, ?)",
-                [(row, f, fold(v), v, _as_number(v)) for f, v in product.attributes.items()],
+                # One row per value of a multi-value ("Men | Women"): a filter on either finds it.
+                [(row, f, fold(v), v, _as_number(v)) for f, value in product.attributes.items() for v in split_values(value)],
             )
             self._db.executemany(
                 "INSERT INTO categories (row, path) VALUES (?, ?)",

@@ -4,13 +4,15 @@
 
 A reader (registered by name in `READERS`) parses its format into products with the line they
 came from; `read_catalog` then applies what all formats share: duplicate ids are dropped,
-and images are checked (stat, optionally decoded), so a product left with no image is skipped.
+images are checked (stat, optionally decoded), so a product left with no image is skipped, and
+attributes are normalised (`catalogclip.catalog.normalise`; what changed goes to `problems.notes`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from catalogclip.catalog.images import keep_usable_images
+from catalogclip.catalog.normalise import normalise_catalog
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import BRAND_STOP_WORDS, READERS, Reader, ReaderOptions, Source
 from catalogclip.catalog.schema import Catalog, unique_products
@@ -41,6 +43,8 @@ def read_catalog(
             product = keep_usable_images(product, source.root, problems, source.file, line, options.verify_images)
         if product is not None:
             products.append(product)
+    if options.normalise:
+        problems.notes += normalise_catalog(products, options.aliases).lines()
     problems.loaded += len(products)
     return Catalog(products, source.root)
 

@@ -13,6 +13,7 @@ from catalogclip.catalog.textfile import text_lines
 from catalogclip.registry import Registry
 
 if TYPE_CHECKING:
+    from catalogclip.catalog.normalise import Aliases
     from catalogclip.catalog.readers.mapped_csv import ColumnMapping
 
 # Words that end the brand at the start of a Myntra product name ("Puma Men Grey T-shirt").
@@ -35,6 +36,8 @@ class ReaderOptions:
     # Text encoding of the source; None: UTF-8, or what an XML feed declares.
     encoding: str | None = None
     columns: "ColumnMapping | None" = None  # csv: which columns are what
+    normalise: bool = True  # unify attribute names and value spellings (catalogclip.catalog.normalise)
+    aliases: "Aliases | None" = None  # a shop's own synonyms for normalisation
 
 
 @dataclass
