@@ -7,10 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Product
+from catalogclip.catalog.schema import ImageRef, Product, is_url
 
 MISSING = "missing image"
 BROKEN = "broken image"
+DOWNLOAD_FAILED = "download failed"
 
 
 def image_problem(path: Path, verify: bool = False) -> tuple[str, str] | None:
@@ -56,18 +57,32 @@ def keep_usable_images(
     line: int | None,
     verify: bool = False,
 ) -> Product | None:
-    """The product with its unusable images dropped (each one logged), or None when none is left."""
+    """The product with its unusable images dropped (each one logged), or None when none is left.
+    An image URL (not downloaded) is kept unchecked."""
     usable = []
     dropped: list[tuple[str, str, str]] = []
     for image in product.images:
         path = Path(image.path)
-        problem = image_problem(path if path.is_absolute() else root / path, verify)
+        problem = None if is_url(image.path) else image_problem(path if path.is_absolute() else root / path, verify)
         if problem is None:
             usable.append(image)
         else:
             dropped.append((problem[0], image.path, problem[1]))
+    return drop_images(product, usable, dropped, problems, file, line)
+
+
+def drop_images(
+    product: Product,
+    usable: list[ImageRef],
+    dropped: list[tuple[str, str, str]],
+    problems: ProblemLog,
+    file: str | Path,
+    line: int | None,
+) -> Product | None:
+    """The product with only its `usable` images; each of `dropped` (kind, image, reason) is
+    logged, saying whether the product was kept. None when no image is left."""
     if not dropped:
-        return product
+        return product if usable == product.images else replace(product, images=usable)
     outcome = (
         f"product '{product.id}' kept with {len(usable)} of {len(product.images)} images"
         if usable

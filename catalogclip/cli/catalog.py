@@ -31,6 +31,13 @@ def import_catalog(
         None, "--brand-stop-words", help="myntra: comma-separated words that end the brand in a product name."
     ),
     problems_file: Path | None = typer.Option(None, "--problems", help="Write every problem met to this file."),
+    download: bool = typer.Option(
+        True, "--download/--no-download",
+        help="Fetch images named by http(s) URL into image-cache/ beside OUT (resumable); --no-download keeps the URLs.",
+    ),
+    download_workers: int = typer.Option(8, "--download-workers", min=1, help="Concurrent image downloads."),
+    download_timeout: float = typer.Option(15.0, "--download-timeout", min=0.01, help="Seconds to connect and between bytes."),
+    max_image_mb: float = typer.Option(20.0, "--max-image-mb", min=0.001, help="Larger downloads are refused."),
     normalise: bool = typer.Option(
         True, "--normalise/--no-normalise", help="Unify attribute names and value spellings (reported in the summary)."
     ),
@@ -48,6 +55,7 @@ def import_catalog(
 ) -> None:
     """Convert a catalog into canonical JSONL; bad rows and images are reported and skipped."""
     with user_errors():
+        from catalogclip.catalog.download import DownloadOptions
         from catalogclip.catalog.normalise import load_aliases
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.catalog.readers import ReaderOptions, read_catalog
@@ -67,6 +75,10 @@ def import_catalog(
             settings["encoding"] = encoding
         if aliases is not None:
             settings["aliases"] = load_aliases(aliases)
+        if download:
+            settings["download"] = DownloadOptions(
+                out.parent / "image-cache", download_workers, download_timeout, max_bytes=int(max_image_mb * 2**20)
+            )
         if columns_file is not None or column:
             settings["columns"] = _column_mapping(columns_file, column)
         options = ReaderOptions(**settings)

@@ -4,13 +4,14 @@
 
 A reader (registered by name in `READERS`) parses its format into products with the line they
 came from; `read_catalog` then applies what all formats share: duplicate ids are dropped,
-images are checked (stat, optionally decoded), so a product left with no image is skipped, and
+images named by URL are downloaded (`catalogclip.catalog.download`), images are checked (stat, optionally decoded), so a product left with no image is skipped, and
 attributes are normalised (`catalogclip.catalog.normalise`; what changed goes to `problems.notes`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from catalogclip.catalog.download import localise_images
 from catalogclip.catalog.images import keep_usable_images
 from catalogclip.catalog.normalise import normalise_catalog
 from catalogclip.catalog.problems import ProblemLog
@@ -37,8 +38,9 @@ def read_catalog(
     problems = problems if problems is not None else ProblemLog()
     options = options or ReaderOptions()
     source = reader(src, problems, options)
+    rows = list(unique_products(source.rows, source.file, problems))
     products = []
-    for line, product in unique_products(source.rows, source.file, problems):
+    for line, product in localise_images(rows, options.download, problems, source.file):
         if options.check_images:
             product = keep_usable_images(product, source.root, problems, source.file, line, options.verify_images)
         if product is not None:

@@ -13,6 +13,7 @@ from catalogclip.catalog.textfile import text_lines
 from catalogclip.registry import Registry
 
 if TYPE_CHECKING:
+    from catalogclip.catalog.download import DownloadOptions
     from catalogclip.catalog.normalise import Aliases
     from catalogclip.catalog.readers.mapped_csv import ColumnMapping
 
@@ -38,6 +39,7 @@ class ReaderOptions:
     columns: "ColumnMapping | None" = None  # csv: which columns are what
     normalise: bool = True  # unify attribute names and value spellings (catalogclip.catalog.normalise)
     aliases: "Aliases | None" = None  # a shop's own synonyms for normalisation
+    download: "DownloadOptions | None" = None  # images by URL: fetched into a cache; None: kept as URLs
 
 
 @dataclass
