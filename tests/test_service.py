@@ -55,6 +55,11 @@ def test_post_search_with_filters(client):
     assert sorted(colours(body)) == ["Blue", "Blue", "Green", "Green"]
 
 
+def _json_text(text: str) -> dict:
+    """Request arguments sending `text` as a JSON body as is (JSON escapes such as lone surrogates included)."""
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
 @pytest.mark.parametrize(
     "request_args, status, message",
     [
@@ -76,13 +81,40 @@ def test_post_search_with_filters(client):
         (("get", "/products/nope/similar", {}), 404, "no product 'nope'"),
         (("get", "/products/p00/images/7", {}), 404, "has no image 7"),
         (("get", "/category", {"params": {"path": ""}}), 400, "the category path is empty"),
+        # lone surrogates: in the query, in a filter value, in a filter field name (JSON escapes)
+        (("post", "/search", _json_text('{"q": "puma \\ud800"}')), 400, "the query contains a lone surrogate"),
+        (("post", "/search", _json_text('{"q": "red", "filters": {"brand": "\\ud800"}}')), 400, "filter 'brand' value contains a lone surrogate"),
+        (("post", "/search", _json_text('{"q": "red", "filters": {"\\udfff": "x"}}')), 400, "filter field name contains a lone surrogate"),
+        (("get", "/search", {"params": {"q": "red", "filters": '{"brand": ["Puma", "\\ud800"]}'}}), 400, "contains a lone surrogate"),
+        (("get", "/search", {"params": {"q": "red", "filters": '{"\\ud800": "x"}'}}), 400, "filter field name contains a lone surrogate"),
+        (("get", "/category", {"params": {"path": "Apparel", "filters": '{"\\ud800": "x"}'}}), 400, "filter field name contains a lone surrogate"),
+        # filters that are not objects, nested too deep, or too many
+        (("get", "/category", {"params": {"path": "Apparel", "filters": "4"}}), 400, "filters must be an object of field -> value(s), got 4"),
+        (("get", "/category", {"params": {"path": "Apparel", "filters": "[1]"}}), 400, "filters must be an object of field -> value(s), got a list"),
+        (("get", "/search", {"params": {"q": "red", "filters": '{"brand": ' + "[" * 5000 + "]" * 5000 + "}"}}), 400, "too deep"),
+        (("post", "/search", _json_text('{"q": "red", "filters": {"brand": ' + "[" * 5000 + "]" * 5000 + "}}")), 400, "error parsing the body"),
+        (("post", "/search", _json_text('{"q": "red", "filters": {"brand": ' + "[" * 900 + "]" * 900 + "}}")), 400, "values must be strings, got a list"),
+        (("post", "/search", {"json": {"q": "red", "filters": {"brand": [str(i) for i in range(300_000)]}}}), 413, "larger than 256 KiB"),
+        (("post", "/search", {"json": {"q": "red", "filters": {"brand": [str(i) for i in range(5_000)]}}}), 400, "5000 values; at most 1000"),
+        (("post", "/search", _json_text('{"q": "red", "filters": {"brand": [NaN]}}')), 400, "values must be strings, got nan"),
+        (("get", "/search", {"params": {"q": "red", "filters": '{"brand": ' + "1" * 5000 + "}"}}), 400, "too large numbers"),
+        # NULs and control-only queries
+        (("get", "/search", {"params": {"q": "\x00"}}), 400, "the query contains a NUL character at character 0"),
+        (("get", "/search", {"params": {"q": "red\x00"}}), 400, "NUL character at character 3"),
+        (("get", "/search", {"params": {"q": "\x01\x1f\x7f"}}), 400, "the query is empty"),
+        (("get", "/category", {"params": {"path": "\x00"}}), 400, "the category path contains a NUL"),
+        # malformed JSON bodies: the one error body, with the validation errors listed
+        (("post", "/search", _json_text('{"q": ')), 422, "JSON decode error"),
+        (("post", "/search", _json_text("[1]")), 422, "body: Input should be a valid dictionary"),
     ],
 )
 def test_bad_input_gets_a_4xx_with_a_message(client, request_args, status, message):
     method, url, kwargs = request_args
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == status, response.text
-    assert message in response.json()["detail"]
+    body = response.json()
+    assert message in body["detail"]
+    assert status != 422 or body["errors"][0]["msg"] in body["detail"]
     assert client.get("/search", params={"q": "red"}).status_code == 200  # and it keeps serving
 
 
@@ -131,9 +163,10 @@ def test_not_multipart_and_huge_uploads_are_refused(client):
     assert response.status_code == 400 and "no file field named 'file'" in response.json()["detail"]
     big = b"\xff" * (50 * 1024 * 1024)
     response = client.post("/search/image", files={"file": ("big.jpg", big, "image/jpeg")})
-    assert response.status_code == 413 and response.json()["detail"] == f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB"
+    assert response.status_code == 413 and response.json()["detail"] == f"the request body is larger than {MAX_UPLOAD_BYTES // 2**20} MB"
 
     def chunks():  # no content-length: the limit is enforced while reading
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
         for _ in range(12):
             yield b"\x00" * (1024 * 1024)
 
@@ -190,3 +223,134 @@ def test_an_index_from_another_model_gets_409_and_the_rest_keeps_working(index):
     assert health["status"] == "incompatible model" and "another-model" in health["detail"]
     assert client.get("/products/p00").status_code == 200
     assert client.get("/products/p00/similar").status_code == 200
+
+
+def _image_bytes(fmt: str, colour: str = "green", size: int = 16) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from _searchkit import PALETTE
+
+    buf = BytesIO()
+    Image.new("RGB", (size, size), PALETTE[colour]).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+def test_each_accepted_format_is_searched_by_its_content(client, fmt):
+    # the name and declared type say PNG whatever the bytes are: only the bytes count
+    response = client.post("/search/image", files={"file": ("q.png", _image_bytes(fmt), "image/png")}, data={"k": "2"})
+    assert response.status_code == 200, response.text
+    assert colours(response.json()) == ["Green", "Green"]
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("q.eps", EPS, "not an image in an accepted format (JPEG, PNG, WebP, GIF or BMP)"),
+        ("q.png", EPS, "not an image in an accepted format"),  # a PNG by name only
+        ("q.eps", b"\xc5\xd0\xd3\xc6" + EPS, "not an image in an accepted format"),  # binary EPS header
+        ("q.tif", b"II*\x00" + b"\x00" * 64, "not an image in an accepted format"),
+    ],
+)
+def test_other_formats_are_refused_before_any_decoder_runs(client, monkeypatch, name, data, message):
+    import subprocess
+
+    from PIL import Image
+
+    started, opened = [], []
+    real_open = Image.open
+
+    def no_child_process(self, *args, **kwargs):
+        started.append(args)
+        raise OSError("this test starts no child process")
+
+    def open_spy(*args, **kwargs):
+        opened.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_child_process)
+    monkeypatch.setattr(Image, "open", open_spy)
+    response = client.post("/search/image", files={"file": (name, data, "image/png")})
+    assert response.status_code == 415 and message in response.json()["detail"]
+    assert started == [] and opened == []  # no Ghostscript, and Pillow never saw the bytes
+
+
+def test_a_jpeg_cut_inside_its_header_gets_415(client):
+    jpeg = _image_bytes("JPEG", size=64)
+    for cut in (4, 20, 300):
+        response = client.post("/search/image", files={"file": ("cut.jpg", jpeg[:cut], "image/jpeg")})
+        assert response.status_code == 415, (cut, response.text)
+        assert "the JPEG image cannot be decoded" in response.json()["detail"] and "BytesIO" not in response.text
+    assert client.get("/healthz").status_code == 200
+
+
+def test_an_empty_k_in_a_form_is_refused(client):
+    response = client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"k": ""})
+    assert response.status_code == 400 and response.json()["detail"] == "k must be an integer, got ''"
+
+
+class _BlockingImages(PaletteEncoder):
+    """Image encoding waits until the test releases it (text encoding does not)."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.release, self.entered = threading.Event(), threading.Event()
+
+    def encode_images(self, images):
+        self.entered.set()
+        self.release.wait(30)
+        return super().encode_images(images)
+
+
+def test_a_slow_upload_gets_503_and_text_searches_do_not_wait_for_it(index):
+    import threading
+
+    from catalogclip.search.service import ServiceOptions
+
+    encoder = _BlockingImages()
+    app_client = TestClient(create_app(SearchEngine(index, encoder), ServiceOptions(image_timeout_s=0.5)), raise_server_exceptions=False)
+    upload: dict = {}
+    thread = threading.Thread(target=lambda: upload.update(r=app_client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")})))
+    thread.start()
+    assert encoder.entered.wait(30)  # the image thread is now busy with the upload
+    assert colours(app_client.get("/search", params={"q": "blue", "k": 2}).json()) == ["Blue", "Blue"]
+    thread.join(30)
+    encoder.release.set()
+    assert upload["r"].status_code == 503 and "not processed within 0.5 s" in upload["r"].json()["detail"]
+    assert upload["r"].headers["retry-after"] == "5"
+
+
+def test_no_server_path_in_any_response(index, tmp_path):
+    root, index_dir = str(index.catalog_root.resolve()), str(index.path.resolve())
+    responses = [
+        *(TestClient(create_app(SearchEngine(index, PaletteEncoder(model))), raise_server_exceptions=False).get(url)
+          for model in ("palette-v1", "another-model") for url in ("/healthz", "/search?q=red", "/products/nope", "/products/p01", "/category?path=Apparel")),
+    ]
+    for response in responses:
+        assert root not in response.text and index_dir not in response.text and "/tmp" not in response.text, response.text
+    assert {r.status_code for r in responses} == {200, 404, 409}
+    product = responses[3].json()
+    assert product["images"] == [{"source": "merchant", "url": "/products/p01/images/0"}, {"source": "merchant", "url": "/products/p01/images/1"}]
+
+
+def test_the_image_route_serves_only_images_with_their_sniffed_type(tmp_path):
+    root = tmp_path / "shop"
+    catalog = read_jsonl(write_catalog(root))
+    (root / "images" / "p01_1.png").write_bytes(_image_bytes("JPEG"))  # a JPEG named .png
+    index = build_index(PaletteEncoder(), catalog, tmp_path / "idx", BuildOptions(progress=False))
+    (root / "images" / "p00_0.png").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")  # not an image (any more)
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    served = client.get("/products/p01/images/1")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg" and served.content[:3] == b"\xff\xd8\xff"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    refused = client.get("/products/p00/images/0")
+    assert refused.status_code == 404 and "root:x" not in refused.text
+    assert refused.json()["detail"] == "image 0 of product 'p00' is missing or not an image"
+    assert client.get("/products/p02/images/-1").status_code == 404

@@ -5,13 +5,22 @@ only through the `Encoder` protocol (catalogclip/embeddings.py).
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from catalogclip.search.index import Hit, IncompatibleModelError, ProductIndex
-from catalogclip.search.query import EntityLinker, EntityMatch, QueryError, normalise_category, vocab_values
+from catalogclip.search.query import (
+    EntityLinker,
+    EntityMatch,
+    QueryError,
+    check_clean,
+    filter_mapping,
+    normalise_category,
+    vocab_values,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -20,6 +29,7 @@ if TYPE_CHECKING:
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -39,7 +49,9 @@ class SearchResult:
 
 
 def check_text(text: str, what: str = "query") -> str:
-    text = (text or "").strip()
+    """The text stripped, with control characters read as spaces; refused if empty, overlong,
+    or holding what no encoder can take (NULs, lone surrogates)."""
+    text = _CONTROL.sub(" ", check_clean(text or "", what)).strip()
     if not text:
         raise QueryError(f"the {what} is empty")
     if len(text) > MAX_QUERY_CHARS:
@@ -96,7 +108,7 @@ class SearchEngine:
         start = time.perf_counter()
         path = normalise_category(check_text(path, "category path"))
         k = check_k(k)
-        filters = {**(filters or {}), "category": path} if within else dict(filters or {})
+        filters = {**filter_mapping(filters), "category": path} if within else filter_mapping(filters)
         clauses = self.index.parse_filters(filters)
         self._check_model()
         vector = self.encoder.encode_categories([path])[0]

@@ -167,9 +167,9 @@ class ProductIndex:
     def check_model(self, model_id: str, dim: int) -> None:
         """Raise IncompatibleModelError unless queries from this model can search this index."""
         if model_id != self.model_id or dim != self.dim:
-            run = self.info.get("run") or "unknown run"
-            raise IncompatibleModelError(
-                f"index {self.path} was built with model '{self.model_id}' (dim {self.dim}, run {run}); "
+            run = Path(self.info["run"]).name if self.info.get("run") else "unknown run"
+            raise IncompatibleModelError(  # names, not paths: the service shows this message
+                f"index '{self.path.name}' was built with model '{self.model_id}' (dim {self.dim}, run {run}); "
                 f"queries come from model '{model_id}' (dim {dim}): query it with the run it was built "
                 f"with, or rebuild it with `catalogclip index --run <run>`"
             )
@@ -177,7 +177,7 @@ class ProductIndex:
     def product(self, product_id: str) -> Product:
         found = self.store.product(product_id)
         if found is None:
-            raise KeyError(f"no product '{product_id}' in index {self.path}")
+            raise KeyError(f"no product '{product_id}' in index '{self.path.name}'")
         return found[1]
 
     def image_file(self, product: Product, image: int) -> Path:
@@ -189,7 +189,7 @@ class ProductIndex:
         """The mean of a product's image vectors, normalised: its query vector for "similar"."""
         found = self.store.product(product_id)
         if found is None:
-            raise KeyError(f"no product '{product_id}' in index {self.path}")
+            raise KeyError(f"no product '{product_id}' in index '{self.path.name}'")
         vids = [v for v, _ in self.store.vectors_of(found[0])]
         return _normalise(self.vectors.reconstruct(np.asarray(vids)).mean(axis=0))
 
@@ -235,7 +235,7 @@ class ProductIndex:
         whole batch, which is much cheaper per query than one scan each (concurrent requests)."""
         queries = _normalise(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise IncompatibleModelError(f"query vector has dimension {queries.shape[-1]}, index {self.path} has {self.dim}")
+            raise IncompatibleModelError(f"query vector has dimension {queries.shape[-1]}, index '{self.path.name}' has {self.dim}")
         found = self.store.product(exclude) if exclude is not None else None
         selection = Selection(filters, found[0] if found else None, lambda: self._allowed(filters, exclude))
         # a product owns at most `_max_images` vectors, so this many vectors hold the top k products
@@ -279,7 +279,7 @@ class ProductIndex:
             raise ValueError(f"{len(vectors)} vectors but {len(refs)} image references")
         vectors = _normalise(vectors)
         if len(refs) and vectors.shape[1] != self.dim:
-            raise IncompatibleModelError(f"vectors have dimension {vectors.shape[1]}, index {self.path} has {self.dim}")
+            raise IncompatibleModelError(f"vectors have dimension {vectors.shape[1]}, index '{self.path.name}' has {self.dim}")
         self.delete(p.id for p in products)
         first = self.vectors.ntotal
         self._store_products(products, np.arange(first, first + len(refs), dtype=np.int64), refs, vectors)

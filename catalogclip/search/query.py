@@ -28,6 +28,27 @@ class QueryError(ValueError):
     """A query or filter the user got wrong; the message says what and where."""
 
 
+#: bounds on one query's filters (a clause costs an SQL query; a value, an SQL variable)
+MAX_FILTER_FIELDS = 32
+MAX_FILTER_VALUES = 1000
+#: lone surrogates cannot be encoded as UTF-8 (for SQLite, tokenizers, JSON); NULs cut C strings
+_UNUSABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def check_clean(text: str, what: str) -> str:
+    """`text`, refused with a QueryError if it holds a lone surrogate or a NUL character."""
+    bad = _UNUSABLE.search(text)
+    if bad is not None:
+        kind = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise QueryError(f"the {what} contains {kind} at character {bad.start()}")
+    return text
+
+
+def _describe(value) -> str:
+    """A short, printable account of a bad value (never the repr of a huge or deep structure)."""
+    return repr(value)[:40] if isinstance(value, (str, int, float, bool)) or value is None else f"a {type(value).__name__}"
+
+
 # --- filters ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Filter:
@@ -53,13 +74,13 @@ def _number(value, where: str) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise QueryError(f"filter '{where}' must be a number, got {value!r}")
+        raise QueryError(f"filter '{where}' must be a number, got {_describe(value)}")
     try:
         number = float(value)
     except ValueError:
-        raise QueryError(f"filter '{where}' must be a number, got {value!r}") from None
+        raise QueryError(f"filter '{where}' must be a number, got {_describe(value)}") from None
     if not math.isfinite(number):
-        raise QueryError(f"filter '{where}' must be a finite number, got {value!r}")
+        raise QueryError(f"filter '{where}' must be a finite number, got {_describe(value)}")
     return number
 
 
@@ -69,24 +90,38 @@ def _values(field: str, raw) -> tuple[str, ...]:
         raise QueryError(f"filter '{field}' has an empty list of values")
     values = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise QueryError(f"filter '{field}' values must be strings, got {item!r}")
-        text = normalise_category(str(item)) if field == CATEGORY_FIELD else str(item).strip()
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item in (math.inf, -math.inf) or item != item:
+            raise QueryError(f"filter '{field}' values must be strings, got {_describe(item)}")
+        text = check_clean(str(item), f"filter '{field}' value")
+        text = normalise_category(text) if field == CATEGORY_FIELD else text.strip()
         if not text:
             raise QueryError(f"filter '{field}' has an empty value")
         values.append(text)
     return tuple(values)
 
 
+def filter_mapping(raw) -> dict:
+    """`raw` as a filter mapping ({} for None), refused unless it is an object of at most
+    MAX_FILTER_FIELDS fields holding at most MAX_FILTER_VALUES values in all."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise QueryError(f"filters must be an object of field -> value(s), got {_describe(raw)}")
+    if len(raw) > MAX_FILTER_FIELDS:
+        raise QueryError(f"filters have {len(raw)} fields; at most {MAX_FILTER_FIELDS} are allowed")
+    n_values = sum(len(spec) if isinstance(spec, (list, Mapping)) else 1 for spec in raw.values())
+    if n_values > MAX_FILTER_VALUES:
+        raise QueryError(f"filters have {n_values} values; at most {MAX_FILTER_VALUES} are allowed")
+    return dict(raw)
+
+
 def parse_filters(raw: Mapping | None, known_fields: Iterable[str]) -> list[Filter]:
     """Validate a filter mapping against the fields an index knows; raises QueryError."""
-    if raw is None:
-        return []
-    if not isinstance(raw, Mapping):
-        raise QueryError(f"filters must be an object of field -> value(s), got {type(raw).__name__}")
+    raw = filter_mapping(raw)
     known = set(known_fields) | {CATEGORY_FIELD}
     filters = []
     for field, spec in raw.items():
+        check_clean(str(field), "filter field name")
         if field not in known:
             raise QueryError(f"unknown filter field '{field}' (known: {', '.join(sorted(known))})")
         if isinstance(spec, Mapping):

@@ -1,31 +1,43 @@
 """The search service: a FastAPI app over a `SearchEngine`, and the web page at ``/``.
 
-Every bad input gets a 4xx with a one-line ``{"detail": message}``: an empty or overlong
-query (400), unknown filter fields (400), a non-image upload (415), an oversized upload (413),
-an index built by another model (409), an unknown product (404).
+Every bad input gets a 4xx with the one error body of catalogclip/search/errors.py
+(``{"detail": message}``): an empty, overlong or unusable query or filter (400), an unknown
+product or image (404), an index built by another model (409), an oversized body or image (413),
+an upload that is not an accepted image (415), a mistyped parameter (422), an image that cannot be
+processed in time (503). No message or product carries a server path.
+
+Uploads are sniffed (JPEG, PNG, WebP, GIF, BMP only) before Pillow sees them, then decoded and
+encoded in a small pool of image threads with a time budget, so they never stall the event loop
+nor queue ahead of text searches; concurrent text queries are encoded in micro-batches
+(catalogclip/search/batching.py).
 """
 from __future__ import annotations
 
+import asyncio
 import json
-from io import BytesIO
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
+from catalogclip.search.batching import TextBatcher
 from catalogclip.search.engine import MAX_K, SearchEngine, SearchResult
-from catalogclip.search.index import IncompatibleModelError
+from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
 from catalogclip.search.query import QueryError
+from catalogclip.search.uploads import FORMATS, content_type, decode_image, sniff_file
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
+#: any other request body (a POST /search) is small: a query plus its filters
+MAX_BODY_BYTES = 256 * 1024
+#: an upload that is not decoded and encoded within this many seconds gets a 503
+IMAGE_TIMEOUT_S = 10.0
 
 
 class SearchBody(BaseModel):
@@ -42,12 +54,22 @@ def _filters(raw: str | None) -> dict | None:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise QueryError(f"filters is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError):  # an integer of thousands of digits, nesting too deep
+        raise QueryError("filters is not a JSON object this service accepts (too deep or too large numbers)") from None
+
+
+def _image_json(product_id: str, number: int, image) -> dict:
+    """A product image as the API shows it: where to fetch it, never where the server keeps it."""
+    out = {**image.to_json(), "url": f"/products/{product_id}/images/{number}"}
+    del out["path"]
+    return out
 
 
 def _product_json(product, score: float | None = None, image: int = 0) -> dict:
     base = f"/products/{product.id}/images"
     out = {
         **product.to_json(),
+        "images": [_image_json(product.id, n, im) for n, im in enumerate(product.images)],
         "image_urls": [f"{base}/{n}" for n in range(len(product.images))],
         "image_url": f"{base}/{image}",
     }
@@ -62,48 +84,15 @@ def _result_json(result: SearchResult) -> dict:
     return body
 
 
-def _decode_upload(data: bytes) -> Image.Image:
-    too_many = HTTPException(413, f"the image has more than {MAX_IMAGE_PIXELS} pixels")
+async def _upload_form(request: Request) -> tuple[bytes, dict[str, str]]:
+    """(file bytes, other fields) of a multipart upload with one file field named `file`
+    (`BodyLimit` bounds its size)."""
     try:
-        image = Image.open(BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError:
-        raise too_many from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, "the upload is not an image (PNG, JPEG, WebP, GIF, BMP ...)") from None
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise too_many
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise HTTPException(415, f"the image cannot be decoded: {exc}") from None
-    return image.convert("RGB")
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    too_large = HTTPException(413, f"the upload is larger than {limit // (1024 * 1024)} MB")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
-async def _upload_form(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
-    """(file bytes, other fields) of a multipart upload with one file field named `file`."""
-    body = await _read_limited(request, limit)
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-    except Exception as exc:  # starlette raises its own MultiPartException / HTTPException types
-        raise HTTPException(400, f"cannot read the multipart form: {getattr(exc, 'detail', exc)}") from None
+        form = await request.form(max_files=1, max_fields=8)
+    except HTTPException:
+        raise
+    except Exception as exc:  # starlette raises its own MultiPartException types
+        raise HTTPException(400, f"cannot read the multipart form: {getattr(exc, 'message', exc)}") from None
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(400, "the form has no file field named 'file'")
@@ -112,39 +101,91 @@ async def _upload_form(request: Request, limit: int) -> tuple[bytes, dict[str, s
 
 
 def _k(raw: str | None) -> int:
+    if raw is None:
+        return 10
     try:
-        return int(raw) if raw not in (None, "") else 10
+        return int(raw)
     except ValueError:
-        raise QueryError(f"k must be an integer, got {raw!r}") from None
+        raise QueryError(f"k must be an integer, got {raw[:20]!r}") from None
 
 
-def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+class ImageWorkers:
+    """A few threads for image work (decode, resize, encode), with a time budget per upload.
+
+    Separate from the threads serving text searches, so uploads queue among themselves; an
+    upload still waiting when its budget runs out is dropped, not run later.
+    """
+
+    def __init__(self, threads: int = 1, timeout_s: float = IMAGE_TIMEOUT_S) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="image")
+        self.timeout_s = timeout_s
+
+    async def run(self, work: Callable[[], Any]) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise HTTPException(503, f"the image was not processed within {self.timeout_s:g} s; try again later", {"Retry-After": "5"}) from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class ServiceOptions:
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    #: how long a text query waits for others to share its encoder batch (0: no batching)
+    batch_window_ms: float = 2.0
+    max_batch: int = 32
+    image_threads: int = 1
+    image_timeout_s: float = IMAGE_TIMEOUT_S
+
+
+def _image_route_doc() -> dict:
+    """The image route answers with the image's own sniffed type."""
+    return {200: {"description": "The image file", "content": {content_type(name): {} for name in FORMATS}}}
+
+
+def _result_links() -> dict:
+    """OpenAPI links from a result list to the first result's product routes (clients and
+    stateful testers follow them)."""
+    first = "$response.body#/results/0/id"
+    return {200: {"links": {
+        "product": {"operationId": "product", "parameters": {"product_id": first}},
+        "similar": {"operationId": "similar", "parameters": {"product_id": first}},
+        "image": {"operationId": "product_image", "parameters": {"product_id": first, "number": 0}},
+    }}}
+
+
+def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> FastAPI:
+    options = options or ServiceOptions()
     index = engine.index
+    if options.batch_window_ms > 0:
+        engine = SearchEngine(index, TextBatcher(engine.encoder, options.batch_window_ms, options.max_batch))
+    images = ImageWorkers(options.image_threads, options.image_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        images.close()
+        if isinstance(engine.encoder, TextBatcher):
+            engine.encoder.close()
+
     app = FastAPI(
         title="catalogclip search",
         description="Cross-modal product search: text, image and category queries with attribute filters.",
         version="1",
+        responses=ERROR_RESPONSES,
+        lifespan=lifespan,
     )
-
-    @app.exception_handler(QueryError)
-    async def _bad_query(_: Request, exc: QueryError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(IncompatibleModelError)
-    async def _wrong_model(_: Request, exc: IncompatibleModelError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return JSONResponse({"detail": f"{where}: {first.get('msg')}", "errors": _jsonable(exc.errors())}, status_code=422)
+    app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, per_path={"/search/image": options.max_upload_bytes})
+    install_error_handlers(app, Redactor(index.path, index.catalog_root, index.info.get("run")))
 
     def product_or_404(product_id: str):
         try:
             return index.product(product_id)
-        except KeyError as exc:
-            raise HTTPException(404, exc.args[0]) from None
+        except KeyError:
+            raise HTTPException(404, f"no product '{product_id}'") from None
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -157,16 +198,18 @@ def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
             "detail": engine.incompatible,
         }
 
-    @app.get("/search")
+    @app.get("/search", operation_id="search", responses=_result_links())
     def search_get(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
         return _result_json(engine.search_text(q, k, _filters(filters)))
 
-    @app.post("/search")
+    @app.post("/search", operation_id="search_post", responses=_result_links())
     def search_post(body: SearchBody) -> dict:
         return _result_json(engine.search_text(body.q, body.k, body.filters))
 
     @app.post(
         "/search/image",
+        operation_id="search_image",
+        responses=_result_links(),
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -176,7 +219,7 @@ def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
                             "required": ["file"],
                             "properties": {
                                 "file": {"type": "string", "format": "binary"},
-                                "k": {"type": "integer", "default": 10},
+                                "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
                                 "filters": {"type": "string", "description": "JSON object of filters"},
                             },
                         }
@@ -187,13 +230,13 @@ def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
         },
     )
     async def search_image(request: Request) -> dict:
-        data, fields = await _upload_form(request, max_upload_bytes)
-        image = _decode_upload(data)
+        data, fields = await _upload_form(request)
         k, filters = _k(fields.get("k")), _filters(fields.get("filters"))
-        # the model runs in a worker thread so the event loop keeps serving
-        return _result_json(await run_in_threadpool(engine.search_image, image, k, filters))
+        # decoding and the model run in the image threads: the event loop and text searches go on
+        result = await images.run(lambda: engine.search_image(decode_image(data), k, filters))
+        return _result_json(result)
 
-    @app.get("/category")
+    @app.get("/category", operation_id="category", responses=_result_links())
     def category(path: str | None = None, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, within: bool = True) -> dict:
         """The category tree; with `path`, also the products for that category query."""
         body: dict = {"tree": index.category_tree()}
@@ -201,29 +244,33 @@ def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
             body.update(_result_json(engine.search_category(path, k, _filters(filters), within)))
         return body
 
-    @app.get("/facets")
+    @app.get("/facets", operation_id="facets")
     def facets() -> dict:
         return {"facets": index.facets()}
 
-    @app.get("/products/{product_id}")
+    @app.get("/products/{product_id}", operation_id="product")
     def product(product_id: str) -> dict:
         return _product_json(product_or_404(product_id))
 
-    @app.get("/products/{product_id}/similar")
+    @app.get("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
     def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
         product_or_404(product_id)
         return _result_json(engine.similar(product_id, k, _filters(filters)))
 
-    @app.get("/products/{product_id}/images/{number}")
-    def product_image(product_id: str, number: int) -> FileResponse:
+    @app.get("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
+    def product_image(product_id: str, number: int) -> Response:
+        """Image `number` of a product, as the index recorded it, if it is an accepted image."""
         found = product_or_404(product_id)
         try:
             path = index.image_file(found, number)
+            media_type = sniff_file(path)
         except KeyError as exc:
             raise HTTPException(404, exc.args[0]) from None
-        if not path.is_file():
-            raise HTTPException(404, f"image {number} of product '{product_id}' is missing from the catalog folder")
-        return FileResponse(path)
+        except OSError:
+            media_type = None
+        if media_type is None:
+            raise HTTPException(404, f"image {number} of product '{product_id}' is missing or not an image")
+        return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -233,19 +280,16 @@ def create_app(engine: SearchEngine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
     return app
 
 
-def _jsonable(errors: list[dict]) -> list[dict]:
-    """Validation errors without the non-JSON bits pydantic may attach (exceptions in `ctx`)."""
-    return [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
-
-
-def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000, options: ServiceOptions | None = None) -> None:
     """Run the service until interrupted."""
     import faiss
+    import torch
     import uvicorn
 
-    # a request searches one query: FAISS threads would only contend; concurrency comes from requests
+    # one thread per request: an OpenMP team per request thread only contends for the cores
     faiss.omp_set_num_threads(1)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+    torch.set_num_threads(1)
+    uvicorn.run(create_app(engine, options), host=host, port=port, log_level="info")
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "create_app", "serve"]
+__all__ = ["MAX_UPLOAD_BYTES", "ServiceOptions", "create_app", "serve"]
