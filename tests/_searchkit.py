@@ -6,7 +6,12 @@ mentions, so "red" must retrieve the red products. Images are small solid-colour
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -117,3 +122,24 @@ def png_bytes(colour: str, size: int = 8) -> bytes:
     buf = BytesIO()
     Image.new("RGB", (size, size), PALETTE[colour]).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

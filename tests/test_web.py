@@ -2,14 +2,12 @@
 import itertools
 import json
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.request
 
 import pytest
-from _searchkit import PaletteEncoder, png_bytes, write_catalog
+from _searchkit import PaletteEncoder, png_bytes, serving, write_catalog
 
 from catalogclip.catalog.schema import read_jsonl
 from catalogclip.search.build import BuildOptions, build_index
@@ -24,23 +22,10 @@ VOCABS = {"brand": ["Puma", "Diesel"], "colour": ["Black", "Red", "Green", "Blue
 @pytest.fixture()
 def server(tmp_path):
     """The service on a free loopback port, in a thread; stopped at the end."""
-    import uvicorn
-
     root = tmp_path / "shop"
     index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
-    app = create_app(SearchEngine(index, PaletteEncoder(vocabs=VOCABS)))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(create_app(SearchEngine(index, PaletteEncoder(vocabs=VOCABS)))) as url:
+        yield url
 
 
 class Browser:

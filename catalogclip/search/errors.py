@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from catalogclip.search.index import IncompatibleModelError
 from catalogclip.search.query import QueryError
@@ -99,6 +100,15 @@ def _validation_items(exc: RequestValidationError) -> list[dict]:
     return [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))} for e in exc.errors()]
 
 
+def _methods_of(app: FastAPI, scope) -> list[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, redact: Redactor) -> None:
     """Map each failure to its status with the one error body."""
 
@@ -115,8 +125,11 @@ def install_error_handlers(app: FastAPI, redact: Redactor) -> None:
         return _error(exc.status, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, redact(str(exc.detail)), exc.headers)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods; a path may have several
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of(app, request.scope))}
+        return _error(exc.status_code, redact(str(exc.detail)), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -236,7 +236,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         result = await images.run(lambda: engine.search_image(decode_image(data), k, filters))
         return _result_json(result)
 
-    @app.get("/category", operation_id="category", responses=_result_links())
+    @app.get("/category", operation_id="category")
     def category(path: str | None = None, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, within: bool = True) -> dict:
         """The category tree; with `path`, also the products for that category query."""
         body: dict = {"tree": index.category_tree()}
