@@ -70,14 +70,14 @@ def load_catalog(myntra: Path, work: Path) -> Catalog:
         from catalogclip.catalog.readers import read_catalog
 
         write_jsonl(read_catalog("myntra", myntra, ProblemLog()), path)
-    return read_jsonl(path)
+    return read_jsonl(path, image_root=myntra / "images")  # written outside the dataset's folder
 
 
 def readable(catalog: Catalog) -> Catalog:
     """The products whose representative image decodes (the feature cache cannot hold the others)."""
     images = [catalog.image_path(product_image(p)) for p in catalog]
     ok = readable_images(images, ProblemLog())
-    return Catalog([p for p, good in zip(catalog, ok) if good], catalog.root)
+    return catalog.with_products([p for p, good in zip(catalog, ok) if good])
 
 
 def product_strings(catalog: Catalog) -> list[str]:
@@ -130,15 +130,15 @@ def category_table(inventory: Inventory, scorer, seen: set[str]) -> dict:
             "n_candidates": result["n_candidates"], "seconds": result["seconds"]}
 
 
-def train_run(name: str, options: dict, catalog_path: Path, split_by: str, work: Path, cache: Path, epochs: int) -> Path:
+def train_run(name: str, options: dict, catalog: Catalog, catalog_path: Path, split_by: str, work: Path, cache: Path, epochs: int) -> Path:
     run_dir = work / f"{split_by}-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = RunConfig(
         method="clipita",
         method_options=options,
         backbone=BACKBONE,
-        data=DataConfig(catalog=str(catalog_path), split_by=split_by, test_fraction=0.2, split_seed=0,
-                        feature_cache=str(cache)),
+        data=DataConfig(catalog=str(catalog_path), image_root=str(catalog.image_root), split_by=split_by, test_fraction=0.2,
+                        split_seed=0, feature_cache=str(cache)),
         optim=OptimConfig(epochs=epochs, batch_size=256, head_lr=1e-3, warmup_steps=20, log_every=20,
                           checkpoint_every=10**6, device="cpu", seed=0),
     )
@@ -146,15 +146,15 @@ def train_run(name: str, options: dict, catalog_path: Path, split_by: str, work:
     return run_dir
 
 
-def evaluate_split(split_by: str, catalog_path: Path, work: Path, cache: Path, epochs: int) -> dict:
+def evaluate_split(split_by: str, catalog: Catalog, catalog_path: Path, work: Path, cache: Path, epochs: int) -> dict:
     rows: dict[str, dict] = {}
     timings: dict[str, float] = {}
     for name, options in MODELS.items():
         started = time.perf_counter()
-        run_dir = train_run(name, options, catalog_path, split_by, work, cache, epochs)
+        run_dir = train_run(name, options, catalog, catalog_path, split_by, work, cache, epochs)
         timings[f"train {name}"] = round(time.perf_counter() - started, 1)
         run = load_run(run_dir)
-        full = read_jsonl(catalog_path)
+        full = read_jsonl(catalog_path, image_root=catalog.image_root)
         ids = run.split_ids()
         train_side, test = full.subset(ids["train"]), full.subset(ids["test"])
         seen = seen_categories(train_side)
@@ -223,13 +223,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     catalog = readable(load_catalog(args.myntra, args.work))
-    catalog = Catalog(catalog.products[: args.max_products], catalog.root)
+    catalog = catalog.with_products(catalog.products[: args.max_products])
     catalog_path = write_jsonl(catalog, args.work / "catalog.readable.jsonl")
     cache_fill = prepare(catalog, args.cache)
     print(f"feature cache ready: {cache_fill}", flush=True)
     if args.prepare_only:
         return
-    splits = {by: evaluate_split(by, catalog_path, args.work, args.cache, args.epochs) for by in ("product", "leaf")}
+    splits = {by: evaluate_split(by, catalog, catalog_path, args.work, args.cache, args.epochs) for by in ("product", "leaf")}
     print_table("split by product", splits["product"])
     print_table("held-out leaf categories", splits["leaf"])
     findings = {"product split": ordering(splits["product"], "level3"),

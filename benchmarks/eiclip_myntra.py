@@ -80,7 +80,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     catalog_path = myntra_catalog(args.myntra, args.work)
-    catalog = read_jsonl(catalog_path)
+    image_root = str(args.myntra / "images")  # the catalog is written outside the dataset's folder
+    catalog = read_jsonl(catalog_path, image_root=image_root)
     test = make_split(catalog, "product", 0.2, 0).test
     backbone = BackboneConfig(spec="twotower", embed_dim=256)
     table: dict[str, dict] = {}
@@ -94,7 +95,7 @@ def main() -> None:
                 name, options = ROWS[row]
                 config = RunConfig(
                     method=name, method_options=options, backbone=backbone,
-                    data=DataConfig(catalog=str(catalog_path), feature_cache=str(args.cache)),
+                    data=DataConfig(catalog=str(catalog_path), image_root=image_root, feature_cache=str(args.cache)),
                     optim=OptimConfig(epochs=args.epochs, batch_size=args.batch_size, head_lr=args.head_lr, seed=seed,
                                       warmup_steps=50, log_every=50, checkpoint_every=10**6),
                 )

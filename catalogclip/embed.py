@@ -18,7 +18,7 @@ from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_
 from catalogclip.embeddings import Embeddings
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import attribute_text, cached_image_inputs, load_rgb, readable_images
+from catalogclip.train.data import attribute_text, image_cache, load_rgb, usable_image_files
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -110,11 +110,11 @@ def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 
 
 
 @torch.no_grad()
-def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache_dir: Path | None, progress: bool) -> torch.Tensor:
+def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache, progress: bool) -> torch.Tensor:
     """The image tower's outputs for every path, each image encoded once: from (and into) the
-    feature cache when the tower is frozen and a cache folder is given, else computed in batches."""
-    if cache_dir is not None and method.backbone.image_tower_frozen:
-        return cached_image_inputs(method, paths, cache_dir)
+    feature cache when one is given (a frozen tower's `image_cache`), else computed in batches."""
+    if cache is not None:
+        return cache.fill(paths, load_rgb)
     tower = method.backbone.image_tokens if method.image_input == "tokens" else method.backbone.image_features
     chunks = list(_chunks(paths, batch_size))
     outputs = [
@@ -141,9 +141,9 @@ def embed_catalog(
     """
     problems = problems if problems is not None else ProblemLog()
     method.eval()
-    rows = [(i, image, catalog.image_path(image)) for i, image in catalog.iter_images()]
-    rows = [row for row, ok in zip(rows, readable_images([r[2] for r in rows], problems)) if ok]
-    outputs = image_tower_outputs(method, [r[2] for r in rows], batch_size, cache_dir, progress)
+    cache = image_cache(method, cache_dir) if cache_dir is not None else None
+    rows = [(f.product, f.image, f.path) for f in usable_image_files(catalog, problems, cache=cache)]
+    outputs = image_tower_outputs(method, [r[2] for r in rows], batch_size, cache, progress)
     products = catalog.products
     text = embed_product_texts(method, [method.product_text(p) for p in products], product_entity_ids(method, products))
     categories = all_category_nodes(catalog) if categories is None else categories

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalogclip.catalog.images import image_problem, keep_usable_images
+from catalogclip.catalog.paths import ImageRoots
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import (
     Catalog,
@@ -85,14 +86,19 @@ def test_write_jsonl_makes_paths_relative_to_the_new_file(tmp_path):
     source = Catalog(
         [Product("p1", "Mug", images=[ImageRef("images/p1.jpg"), ImageRef(str(tmp_path / "far" / "x.jpg"))])],
         tmp_path / "src",
+        image_root=tmp_path / "far",
     )
     out = write_jsonl(source, tmp_path / "src" / "catalog.jsonl")
     row = json.loads(out.read_text())
     # Under the file's folder: relative; anywhere else: absolute (never "../").
     assert [im["path"] for im in row["images"]] == ["images/p1.jpg", str((tmp_path / "far" / "x.jpg").resolve())]
+    # Read back, the absolute path is outside the file's folder: refused unless its root is given.
+    problems = ProblemLog()
+    assert read_jsonl(out, problems).products[0].images == [ImageRef("images/p1.jpg")]
+    assert problems.counts() == {"image outside the catalog root": 1}
     elsewhere = write_jsonl(source, tmp_path / "other" / "c.jsonl")
-    back = read_jsonl(elsewhere)
-    assert [back.image_path(im).resolve() for im in back.products[0].images] == [
+    back = read_jsonl(elsewhere, image_root=tmp_path)
+    assert [back.image_path(im) for im in back.products[0].images] == [
         (tmp_path / "src" / "images" / "p1.jpg").resolve(),
         (tmp_path / "far" / "x.jpg").resolve(),
     ]
@@ -139,13 +145,14 @@ def test_keep_usable_images_drops_and_counts(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     product = Product("p", "P", images=[ImageRef("a.jpg"), ImageRef("b.jpg"), ImageRef(str(tmp_path / "c.jpg"))])
     problems = ProblemLog()
-    kept = keep_usable_images(product, tmp_path, problems, "cat.jsonl", 9)
+    kept = keep_usable_images(product, ImageRoots(tmp_path), problems, "cat.jsonl", 9)
     assert kept.images == [ImageRef("a.jpg")] and product.images[1] == ImageRef("b.jpg")  # input untouched
     assert [str(p) for p in problems.problems] == [
-        "cat.jsonl:9: missing image: b.jpg: no such file (product 'p' kept with 1 of 3 images)",
-        f"cat.jsonl:9: missing image: {tmp_path / 'c.jpg'}: no such file (product 'p' kept with 1 of 3 images)",
+        "cat.jsonl:9: missing image: field 'images[1].path' = 'b.jpg': no such file (product 'p' kept with 1 of 3 images)",
+        f"cat.jsonl:9: missing image: field 'images[2].path' = '{tmp_path / 'c.jpg'}': no such file "
+        "(product 'p' kept with 1 of 3 images)",
     ]
-    assert keep_usable_images(Product("q", "Q", images=[ImageRef("z.jpg")]), tmp_path, problems, "f", 1) is None
+    assert keep_usable_images(Product("q", "Q", images=[ImageRef("z.jpg")]), ImageRoots(tmp_path), problems, "f", 1) is None
     assert problems.problems[-1].message.endswith("(product 'q' skipped: no usable image)")
 
 

@@ -1,13 +1,17 @@
-"""Image checks for catalog products: existence by stat, optionally a full decode."""
+"""Image checks for catalog products: inside the roots, existence by stat, optionally a full decode."""
 from __future__ import annotations
 
 import os
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from catalogclip.catalog.paths import OUTSIDE_ROOT, ImageRoots, OutsideRootError, is_url
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import ImageRef, Product, is_url
+
+if TYPE_CHECKING:
+    from catalogclip.catalog.schema import ImageRef, Product
 
 MISSING = "missing image"
 BROKEN = "broken image"
@@ -40,7 +44,9 @@ def _decode_error(path: Path) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # raises DecompressionBombError past twice the pixel budget
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                return f"too large to decode: {im.width}x{im.height} pixels (at most {Image.MAX_IMAGE_PIXELS:,})"
             im.verify()  # structural checks (PNG CRCs) that a decode does not make
         with Image.open(path) as im:
             im.load()  # JPEG's verify reads headers only: truncated data shows up when decoding
@@ -50,35 +56,47 @@ def _decode_error(path: Path) -> str | None:
 
 
 def keep_usable_images(
-    product: Product,
-    root: Path,
+    product: "Product",
+    roots: ImageRoots,
     problems: ProblemLog,
     file: str | Path,
     line: int | None,
     verify: bool = False,
-) -> Product | None:
+    check_files: bool = True,
+) -> "Product | None":
     """The product with its unusable images dropped (each one logged), or None when none is left.
-    An image URL (not downloaded) is kept unchecked."""
+
+    An image outside `roots` is dropped without being touched; with `check_files` the others
+    are stat-ed (and with `verify` decoded). An image URL (not downloaded) is kept unchecked.
+    """
     usable = []
     dropped: list[tuple[str, str, str]] = []
-    for image in product.images:
-        path = Path(image.path)
-        problem = None if is_url(image.path) else image_problem(path if path.is_absolute() else root / path, verify)
+    for number, image in enumerate(product.images):
+        if is_url(image.path):
+            usable.append(image)
+            continue
+        field = f"field 'images[{number}].path' = '{image.path}'"
+        try:
+            path = roots.resolve(image.path)
+        except OutsideRootError:
+            dropped.append((OUTSIDE_ROOT, field, "not opened"))
+            continue
+        problem = image_problem(path, verify) if check_files else None
         if problem is None:
             usable.append(image)
         else:
-            dropped.append((problem[0], image.path, problem[1]))
+            dropped.append((problem[0], field, problem[1]))
     return drop_images(product, usable, dropped, problems, file, line)
 
 
 def drop_images(
-    product: Product,
-    usable: list[ImageRef],
+    product: "Product",
+    usable: "list[ImageRef]",
     dropped: list[tuple[str, str, str]],
     problems: ProblemLog,
     file: str | Path,
     line: int | None,
-) -> Product | None:
+) -> "Product | None":
     """The product with only its `usable` images; each of `dropped` (kind, image, reason) is
     logged, saying whether the product was kept. None when no image is left."""
     if not dropped:
@@ -88,6 +106,6 @@ def drop_images(
         if usable
         else f"product '{product.id}' skipped: no usable image"
     )
-    for kind, image_path, reason in dropped:
-        problems.add(kind, file, line, f"{image_path}: {reason} ({outcome})")
+    for kind, image, reason in dropped:
+        problems.add(kind, file, line, f"{image}: {reason} ({outcome})")
     return replace(product, images=usable) if usable else None

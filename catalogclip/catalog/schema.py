@@ -1,13 +1,16 @@
 """The canonical catalog: products with images, attributes and a category path.
 
 On disk a catalog is JSON Lines, one product per line; image paths are relative to the
-file's folder (absolute paths are kept as they are)::
+file's folder and must lie inside it (or inside an image root configured by whoever runs the
+command; see `catalogclip.catalog.paths`)::
 
     {"id": "p1", "title": "Puma Men Black Running Shoes", "description": "", "images": [{"path": "images/p1.jpg", "source": "merchant"}], "attributes": {"brand": "Puma", "colour": "Black"}, "category_path": ["Footwear", "Shoes", "Sports Shoes"]}
 
 `images` may also be a list of plain path strings, or http(s) URLs kept unresolved (an import
 with `--no-download`). A `bbox` on an image is the product's box in pixels, ``[x0, y0, x1, y1]``.
 An attribute holding several values (a T-shirt for "Men | Women") joins them with `MULTI_SEP`.
+Titles and descriptions longer than `MAX_TEXT` characters are refused (a row with a 1 MB title
+is a mistake or an attack, never a product name).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from catalogclip.catalog.images import keep_usable_images
+from catalogclip.catalog.paths import OUTSIDE_ROOT, ImageRoots, OutsideRootError, is_url  # noqa: F401 (is_url: re-exported)
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.textfile import text_lines
 
@@ -32,9 +37,8 @@ def join_values(values: Iterable[str]) -> str:
     """Distinct non-empty values in first-seen order, joined with MULTI_SEP."""
     return MULTI_SEP.join(dict.fromkeys(v.strip() for v in values if v and v.strip()))
 
-
-def is_url(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
+MAX_TEXT = {"title": 1_000, "description": 50_000}
+"""Longest accepted text per field, in characters."""
 
 
 @dataclass(frozen=True)
@@ -88,15 +92,34 @@ def all_category_nodes(products: Iterable[Product]) -> list[str]:
     return list(nodes)
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """An image of a catalog with the real file it names (inside the catalog's roots)."""
+
+    product: int  # product number in the catalog
+    number: int  # image number within the product
+    image: ImageRef
+    path: Path
+
+
 @dataclass
 class Catalog:
-    """Products plus the folder their relative image paths start from."""
+    """Products plus the folder their relative image paths start from.
+
+    `image_root` is a second folder images may live in, set explicitly by whoever configures
+    the command (never read from the catalog itself). `file` and `lines` (product id -> line)
+    say where each product came from, for problem reports.
+    """
 
     products: list[Product]
     root: Path = field(default_factory=Path)
+    image_root: Path | None = None
+    file: Path | None = None
+    lines: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self.roots = ImageRoots(self.root, Path(self.image_root) if self.image_root is not None else None)
         self._by_id: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -113,18 +136,54 @@ class Catalog:
             self._by_id = {p.id: i for i, p in enumerate(self.products)}
         return self._by_id[product_id]
 
+    def with_products(self, products: list[Product]) -> "Catalog":
+        """Other products under the same roots and source file."""
+        return Catalog(products, self.root, self.image_root, self.file, self.lines)
+
     def subset(self, product_ids: Iterable[str]) -> "Catalog":
-        return Catalog([self[pid] for pid in product_ids], self.root)
+        return self.with_products([self[pid] for pid in product_ids])
 
     def image_path(self, image: ImageRef) -> Path:
-        path = Path(image.path)
-        return path if path.is_absolute() else self.root / path
+        """The real file of an image; raises OutsideRootError when it lies outside the roots."""
+        return self.roots.resolve(image.path)
 
     def iter_images(self) -> Iterator[tuple[int, ImageRef]]:
         """(product index, image) for every image of every product."""
         for i, product in enumerate(self.products):
             for image in product.images:
                 yield i, image
+
+    def image_files(self, problems: ProblemLog, sources: Iterable[str] | None = None) -> list[ImageFile]:
+        """Every image (of the given sources) inside the roots; the others are logged, never opened."""
+        sources = None if sources is None else set(sources)
+        files = []
+        for p, product in enumerate(self.products):
+            for n, image in enumerate(product.images):
+                if sources is not None and image.source not in sources:
+                    continue
+                try:
+                    files.append(ImageFile(p, n, image, self.image_path(image)))
+                except OutsideRootError:
+                    self.report_image(problems, OUTSIDE_ROOT, p, n, "not opened")
+        return files
+
+    def confined(self, problems: ProblemLog) -> "Catalog":
+        """The catalog without images outside its roots (each logged); a product left without
+        an image is dropped."""
+        kept = []
+        for product in self.products:
+            where = self.file or self.root
+            product = keep_usable_images(product, self.roots, problems, where, self.lines.get(product.id), check_files=False)
+            if product is not None:
+                kept.append(product)
+        return self.with_products(kept)
+
+    def report_image(self, problems: ProblemLog, kind: str, product: int, number: int, reason: str) -> None:
+        """Log a problem with one image, naming the catalog file, the product's line and the field."""
+        found = self.products[product]
+        path = found.images[number].path
+        message = f"field 'images[{number}].path' = '{path}': {reason} (product '{found.id}')"
+        problems.add(kind, self.file or self.root, self.lines.get(found.id), message)
 
     def attribute_groups(self) -> list[str]:
         groups: dict[str, None] = {}
@@ -135,6 +194,13 @@ class Catalog:
 
 class RowError(ValueError):
     """A catalog row that cannot become a product; the message names the field."""
+
+
+def _checked_text(value, field_name: str, allow_empty: bool = False) -> str:
+    text = _as_str(value, field_name, allow_empty=allow_empty)
+    if len(text) > MAX_TEXT[field_name]:
+        raise RowError(f"field '{field_name}' has {len(text):,} characters (at most {MAX_TEXT[field_name]:,})")
+    return text
 
 
 def _as_str(value, field_name: str, *name_args, allow_empty: bool = False) -> str:
@@ -154,7 +220,7 @@ def _as_str(value, field_name: str, *name_args, allow_empty: bool = False) -> st
 def _parse_image(raw, index: int) -> ImageRef:
     where = f"images[{index}]"
     if isinstance(raw, str):
-        return ImageRef(_as_str(raw, where))
+        return ImageRef(_image_path(raw, where))
     if not isinstance(raw, dict):
         raise RowError(f"field '{where}' must be a path or an object")
     source = _as_str(raw.get("source") or "merchant", "%s.source", where)
@@ -165,7 +231,14 @@ def _parse_image(raw, index: int) -> ImageRef:
         if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
             raise RowError(f"field '{where}.bbox' has x1 <= x0 or y1 <= y0")
         bbox = tuple(float(v) for v in bbox)
-    return ImageRef(_as_str(raw.get("path"), "%s.path", where), source, bbox)
+    return ImageRef(_image_path(raw.get("path"), f"{where}.path"), source, bbox)
+
+
+def _image_path(value, where: str) -> str:
+    path = _as_str(value, where)
+    if "\x00" in path:
+        raise RowError(f"field '{where}' holds a NUL character")
+    return path
 
 
 def product_from_json(raw) -> Product:
@@ -183,8 +256,8 @@ def product_from_json(raw) -> Product:
         raise RowError("field 'category_path' must be a list")
     return Product(
         id=_as_str(raw.get("id"), "id"),
-        title=_as_str(raw.get("title"), "title"),
-        description=_as_str(raw.get("description"), "description", allow_empty=True),
+        title=_checked_text(raw.get("title"), "title"),
+        description=_checked_text(raw.get("description"), "description", allow_empty=True),
         images=[_parse_image(im, i) for i, im in enumerate(images)],
         attributes={
             _as_str(k, "attributes key"): _as_str(v, "attributes.%s", k)
@@ -238,16 +311,19 @@ def iter_jsonl(path: str | Path, problems: ProblemLog, encoding: str = "utf-8") 
     return products_from_rows(_json_rows(path, problems, encoding), path, problems)
 
 
-def read_jsonl(path: str | Path, problems: ProblemLog | None = None) -> Catalog:
-    """Load a canonical catalog; bad rows and duplicate ids are logged and skipped.
+def read_jsonl(path: str | Path, problems: ProblemLog | None = None, image_root: str | Path | None = None) -> Catalog:
+    """Load a canonical catalog; bad rows, duplicate ids and images outside the catalog's folder
+    (or `image_root`) are logged and skipped; a product left without an image is skipped.
 
     Images are not opened (nor stat-ed): loading stays fast on large catalogs.
     """
     path = Path(path)
     problems = problems if problems is not None else ProblemLog()
-    products = [product for _, product in unique_products(iter_jsonl(path, problems), path, problems)]
-    problems.loaded += len(products)
-    return Catalog(products, path.parent)
+    rows = list(unique_products(iter_jsonl(path, problems), path, problems))
+    lines = {product.id: line for line, product in rows}
+    catalog = Catalog([product for _, product in rows], path.parent, image_root, path, lines).confined(problems)
+    problems.loaded += len(catalog)
+    return catalog
 
 
 def write_jsonl(catalog: Catalog, path: str | Path) -> Path:
@@ -265,6 +341,18 @@ def write_jsonl(catalog: Catalog, path: str | Path) -> Path:
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path
+
+
+def external_image_root(catalog: Catalog, folder: str | Path) -> Path | None:
+    """The root a copy of `catalog` written into `folder` must be read with (``--image-root``,
+    ``data.image_root``) because some of its images lie outside `folder`; None when none does."""
+    inside = ImageRoots(Path(folder))
+    for _, image in catalog.iter_images():
+        path = catalog.image_path(image)
+        if not inside.inside(path):
+            in_root = ImageRoots(catalog.root).inside(path)
+            return Path(catalog.root if in_root else catalog.image_root).resolve()
+    return None
 
 
 def _relative_path(path: Path, root: Path) -> str:

@@ -34,8 +34,9 @@ class Split:
             "test": [p.id for p in self.test],
         }
 
-    def save(self, path: str | Path) -> Path:
-        atomic_write_json(path, self.to_json())
+    def save(self, path: str | Path, image_root: Path | None = None) -> Path:
+        """Write the split; `image_root` records where images outside the split's folder live."""
+        atomic_write_json(path, {**self.to_json(), **({"image_root": str(image_root)} if image_root else {})})
         return Path(path)
 
     @classmethod

@@ -9,6 +9,8 @@ import typer
 
 from catalogclip.cli.common import UserError, user_errors
 
+IMAGE_ROOT_HELP = "A folder outside the catalog's own that its images may live in (others are refused)."
+
 app = typer.Typer(help="Import, generate and inspect catalogs.", no_args_is_help=True)
 
 
@@ -59,7 +61,7 @@ def import_catalog(
         from catalogclip.catalog.normalise import load_aliases
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.catalog.readers import ReaderOptions, read_catalog
-        from catalogclip.catalog.schema import write_jsonl
+        from catalogclip.catalog.schema import external_image_root, write_jsonl
 
         if fmt == "fashiongen" and image_dir is None:
             image_dir = out.parent / "images"
@@ -92,6 +94,7 @@ def import_catalog(
             print(f"error: nothing usable in {src}", file=sys.stderr)
             raise typer.Exit(1)
         write_jsonl(catalog, out)
+        _note_image_root(external_image_root(catalog, out.parent), out)
     print(f"wrote {len(catalog)} products ({sum(len(p.images) for p in catalog)} images) to {out}")
 
 
@@ -105,6 +108,13 @@ def _column_mapping(path: Path | None, pairs: list[str]):
             raise UserError(f"--column {pair}: expected FIELD=COLUMN")
         raw[name.strip()] = value if name.strip().endswith("_sep") or name.strip() == "delimiter" else value.strip()
     return ColumnMapping.from_dict(raw)
+
+
+def _note_image_root(root: Path | None, out: Path) -> None:
+    """Say which image root commands reading `out` need when its images are outside its folder."""
+    if root is not None:
+        print(f"note: images stay in {root}, outside {out.parent}; commands that read {out} need "
+              f"--image-root {root} (a trained run remembers it)", file=sys.stderr)
 
 
 def _split_words(text: str) -> tuple[str, ...]:
@@ -135,24 +145,31 @@ def split(
     by: str = typer.Option("product", "--by", help="product: hold out random products; leaf: whole leaf categories."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the products held out for test."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same split."),
+    image_root: Path | None = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
 ) -> None:
-    """Split a catalog by product (never by image) into DIR/train.jsonl and DIR/test.jsonl."""
+    """Split a catalog by product (never by image) into DIR/train.jsonl and DIR/test.jsonl.
+
+    Images stay where they are: paths under DIR are written relative to it, others absolute,
+    and the image root needed to read them back is printed and recorded in DIR/split.json.
+    """
     with user_errors():
-        from catalogclip.catalog.schema import write_jsonl
+        from catalogclip.catalog.schema import external_image_root, write_jsonl
         from catalogclip.catalog.splits import make_split
 
-        catalog = _load_catalog(file)
+        catalog = _load_catalog(file, image_root)
         try:
             result = make_split(catalog, by, test_fraction, seed)
         except ValueError as exc:
             raise UserError(f"{file}: {exc}") from None
         write_jsonl(result.train, out / "train.jsonl")
         write_jsonl(result.test, out / "test.jsonl")
-        result.save(out / "split.json")
+        needed = external_image_root(catalog, out)
+        result.save(out / "split.json", image_root=needed)
+        _note_image_root(needed, out / "train.jsonl")
     print(f"train {len(result.train)} / test {len(result.test)} products (by {by}, seed {seed}) -> {out}")
 
 
-def _load_catalog(file: Path):
+def _load_catalog(file: Path, image_root: Path | None = None):
     """Read a canonical catalog, reporting skipped rows on stderr."""
     from catalogclip.catalog.problems import ProblemLog
     from catalogclip.catalog.schema import read_jsonl
@@ -160,7 +177,7 @@ def _load_catalog(file: Path):
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     problems = ProblemLog()
-    catalog = read_jsonl(file, problems)
+    catalog = read_jsonl(file, problems, image_root)
     if problems:
         problems.report(out=sys.stderr)
     return catalog
@@ -172,12 +189,13 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     top: int = typer.Option(5, "--top", min=1, help="Most common values listed per attribute group."),
     check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Stat every image file."),
+    image_root: Path | None = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
 ) -> None:
     """Products, images, attribute groups, the category tree and missing images of a catalog."""
     with user_errors():
         from catalogclip.catalog.stats import catalog_stats
 
-        figures = catalog_stats(_load_catalog(file), top=top, check_images=check_images)
+        figures = catalog_stats(_load_catalog(file, image_root), top=top, check_images=check_images)
     if as_json:
         print(json.dumps(figures, indent=2, ensure_ascii=False))
     else:

@@ -73,6 +73,9 @@ def build_run_config(
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write (config, checkpoints, metrics)."),
     catalog: Optional[Path] = typer.Option(None, help="Catalog JSONL to train on (its test split is held out)."),
+    image_root: Optional[Path] = typer.Option(
+        None, help="A folder outside the catalog's own that its images may live in (image paths elsewhere are refused)."
+    ),
     method: Optional[str] = typer.Option(None, help="clip | eiclip | eclip | clipita"),
     backbone: Optional[str] = typer.Option(None, help="tiny | twotower | openclip:<model>[:<tag or checkpoint path>]"),
     config: Optional[Path] = typer.Option(None, help="YAML run config; flags override it."),
@@ -104,6 +107,7 @@ def train(
                 "optim": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "seed": seed,
                           "device": device, "max_steps": max_steps},
                 "backbone": {"embed_dim": embed_dim},
+                "data": {"image_root": str(image_root.resolve()) if image_root else None},
             },
             {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates,
              "variant": variant, "fusion": fusion},
@@ -147,8 +151,8 @@ def run_catalog(loaded, catalog: Path | None, split: str):
     from catalogclip.catalog.schema import read_jsonl
 
     if catalog is not None:
-        return read_jsonl(catalog)
-    full = read_jsonl(loaded.config.data.catalog)
+        return read_jsonl(catalog, image_root=loaded.config.data.image_root)
+    full = read_jsonl(loaded.config.data.catalog, image_root=loaded.config.data.image_root)
     if split == "all":
         return full
     ids = loaded.split_ids()

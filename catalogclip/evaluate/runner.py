@@ -59,15 +59,17 @@ def run_inputs(run_dir: str | Path, catalog_path: str | Path | None = None) -> E
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-    catalog_path = RunConfig.load(config_path).data.catalog
-    return catalog_inputs(catalog_path, run_dir / "split.json")
+    data = RunConfig.load(config_path).data
+    return catalog_inputs(data.catalog, run_dir / "split.json", data.image_root)
 
 
-def catalog_inputs(catalog_path: str | Path, split_path: str | Path | None = None) -> EvalInputs:
+def catalog_inputs(
+    catalog_path: str | Path, split_path: str | Path | None = None, image_root: str | Path | None = None
+) -> EvalInputs:
     """A catalog, restricted to the test side of a split file when one is given."""
     from catalogclip.catalog.splits import Split
 
-    catalog = read_jsonl(catalog_path)
+    catalog = read_jsonl(catalog_path, image_root=image_root)
     if split_path is None:
         return EvalInputs(catalog, catalog_path=str(catalog_path))
     split = Split.load(split_path, catalog)

@@ -67,7 +67,8 @@ def embed_images(
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Vectors of every readable image and their (product number, image number) refs.
 
-    Unreadable images are logged as "broken image" and left out. Shards already in `work_dir`
+    Unreadable images are logged as "broken image" (with the catalog's file and line) and left
+    out; the catalog must already be `confined` to its roots. Shards already in `work_dir`
     from the same encoder and image list are reused, so a second call after an interruption
     only embeds what is missing.
     """
@@ -97,7 +98,7 @@ def embed_images(
                     if good:
                         kept.append(ref)
                     else:
-                        problems.add("broken image", catalog.image_path(catalog.products[ref[0]].images[ref[1]]), None, str(error))
+                        catalog.report_image(problems, "broken image", ref[0], ref[1], str(error))
     return (np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)), kept
 
 
@@ -122,7 +123,9 @@ def _searchable(catalog: Catalog, refs: list[tuple[int, int]], problems: Problem
     has_vector = {p for p, _ in refs}
     kept = [p for p in range(len(catalog)) if p in has_vector]
     for p in sorted(set(range(len(catalog))) - has_vector):
-        problems.add("unsearchable product", catalog.root, None, f"product '{catalog.products[p].id}' has no readable image; left out")
+        product_id = catalog.products[p].id
+        problems.add("unsearchable product", catalog.file or catalog.root, catalog.lines.get(product_id),
+                     f"product '{product_id}' has no readable image; left out")
     new_number = {old: new for new, old in enumerate(kept)}
     return [catalog.products[p] for p in kept], [(new_number[p], i) for p, i in refs]
 
@@ -145,14 +148,15 @@ def build_index(
     options = options or BuildOptions()
     problems = problems if problems is not None else ProblemLog()
     check_replaceable(out)  # before the long part, not after it
+    catalog = catalog.confined(problems)
     work = work_folder(out)
     vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
     products, refs = _searchable(catalog, refs, problems)
     products = [_rebased(p, catalog, catalog.root) for p in products]  # as `update_index` compares them
     index = ProductIndex.build(
         out, products, vectors, refs,
-        model_id=encoder.model_id, catalog_root=catalog.root, run=options.run, config=options.config,
-        kind=options.kind, params=options.params, connection=options.connection,
+        model_id=encoder.model_id, catalog_root=catalog.root, image_root=catalog.image_root, run=options.run,
+        config=options.config, kind=options.kind, params=options.params, connection=options.connection,
     )
     shutil.rmtree(work, ignore_errors=True)
     return index
@@ -177,10 +181,12 @@ def update_index(
     problems = problems if problems is not None else ProblemLog()
     index.check_model(encoder.model_id, encoder.dim)
     stored = {p.id: p.to_json() for p in index.store.iter_products()}
+    catalog = catalog.confined(problems)
     current = [_rebased(p, catalog, index.catalog_root) for p in catalog]
     fresh = [p for p in current if stored.get(p.id) != p.to_json()]
     gone = [pid for pid in stored if pid not in {p.id for p in current}]
-    to_embed = Catalog(fresh, index.catalog_root)
+    # the index's roots are the truth: images of the new catalog outside them are left out
+    to_embed = Catalog(fresh, index.catalog_root, index.roots.image_root, catalog.file, catalog.lines).confined(problems)
     work = work_folder(index.path)
     vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
     products, refs = _searchable(to_embed, refs, problems)
@@ -217,7 +223,7 @@ def index_run(
 
     problems = problems if problems is not None else ProblemLog()
     loaded = load_run(run_dir, device)
-    products = read_jsonl(catalog or loaded.config.data.catalog, problems)
+    products = read_jsonl(catalog or loaded.config.data.catalog, problems, loaded.config.data.image_root)
     encoder = RunEncoder(method=loaded.method, model_id=loaded.model_id)
     options = replace(options or BuildOptions(), run=str(Path(run_dir).resolve()), config=loaded.config.to_dict())
     if update:

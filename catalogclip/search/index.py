@@ -24,7 +24,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from catalogclip.catalog.schema import Catalog, Product
+from catalogclip.catalog.paths import ImageRoots, OutsideRootError
+from catalogclip.catalog.schema import Product
 from catalogclip.search.backend import EXACT_KINDS, Connection, Selection, VectorParams, VectorStore, backend, choose_kind
 from catalogclip.search.query import CATEGORY_SEP, Filter, QueryError, parse_filters
 from catalogclip.search.store import MetadataStore
@@ -60,6 +61,8 @@ class ProductIndex:
         self.vectors = vectors
         self.info = store.info()
         self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
+        image_root = self.info.get("image_root")
+        self.roots = ImageRoots(self.catalog_root, Path(image_root) if image_root else None)
         self._refresh()
 
     # --- opening and building -----------------------------------------------------------------
@@ -93,6 +96,7 @@ class ProductIndex:
         *,
         model_id: str,
         catalog_root: str | Path,
+        image_root: str | Path | None = None,
         run: str | None = None,
         config: Mapping | None = None,
         kind: str = "auto",
@@ -124,6 +128,7 @@ class ProductIndex:
                 run=run,
                 config=dict(config or {}),
                 catalog_root=str(Path(catalog_root).resolve()),
+                image_root=str(Path(image_root).resolve()) if image_root is not None else None,
                 built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 generation=0,
             )
@@ -181,9 +186,14 @@ class ProductIndex:
         return found[1]
 
     def image_file(self, product: Product, image: int) -> Path:
+        """The real file of a product's image; KeyError when there is no such image or it lies
+        outside the catalog's roots (so it is never opened)."""
         if not 0 <= image < len(product.images):
             raise KeyError(f"product '{product.id}' has no image {image} (it has {len(product.images)})")
-        return Catalog([], self.catalog_root).image_path(product.images[image])
+        try:
+            return self.roots.resolve(product.images[image].path)
+        except OutsideRootError:
+            raise KeyError(f"image {image} of product '{product.id}' is outside the catalog root") from None
 
     def product_vector(self, product_id: str) -> np.ndarray:
         """The mean of a product's image vectors, normalised: its query vector for "similar"."""

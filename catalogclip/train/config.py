@@ -14,6 +14,9 @@ from catalogclip.models.backbones.base import BackboneConfig
 class DataConfig:
     #: canonical JSONL catalog to train on; the run's test split comes from it too
     catalog: str = ""
+    #: a folder outside the catalog's own that its images may live in (e.g. an imported
+    #: dataset's images/); any other image path outside the catalog's folder is refused
+    image_root: str | None = None
     #: "product" (random products) or "leaf" (whole leaf categories held out)
     split_by: str = "product"
     test_fraction: float = 0.2

@@ -2,7 +2,8 @@
 
 Frozen towers are run once: their image features (or tokens) come from the on-disk feature cache
 and their text features are computed once per distinct text, so CPU training only runs what learns.
-Unreadable images are skipped and counted, never fatal.
+Images outside the catalog's roots, missing or undecodable (truncated, decompression bombs) are
+skipped and counted with the catalog's file and line before training starts, never fatal.
 """
 from __future__ import annotations
 
@@ -13,16 +14,44 @@ from typing import Iterator
 import torch
 from PIL import Image
 
+from catalogclip.catalog.images import image_problem
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, category_nodes
+from catalogclip.catalog.schema import Catalog, ImageFile, category_nodes
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB (raises OSError/ValueError when it cannot be decoded)."""
+    """Open an image as RGB (raises OSError/ValueError/DecompressionBombError when it cannot be decoded)."""
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def usable_image_files(
+    catalog: Catalog, problems: ProblemLog, sources: list[str] | None = None, cache=None
+) -> list[ImageFile]:
+    """The catalog's image files that lie inside its roots, exist and decode; each other one is
+    logged with the catalog's file, line and field.
+
+    Images are decoded in full here (a truncated JPEG passes a header check and fails mid-run),
+    except those whose tower outputs `cache` (a FeatureCache) already holds: they decoded before.
+    """
+    present = []
+    for image_file in catalog.image_files(problems, sources):
+        problem = image_problem(image_file.path)
+        if problem is None:
+            present.append(image_file)
+        else:
+            catalog.report_image(problems, problem[0], image_file.product, image_file.number, problem[1])
+    unchecked = set(cache.missing([f.path for f in present])) if cache is not None else set(range(len(present)))
+    usable = []
+    for position, image_file in enumerate(present):
+        problem = image_problem(image_file.path, verify=True) if position in unchecked else None
+        if problem is None:
+            usable.append(image_file)
+        else:
+            catalog.report_image(problems, problem[0], image_file.product, image_file.number, problem[1])
+    return usable
 
 
 def readable_images(paths: list[Path], problems: ProblemLog) -> list[bool]:
@@ -36,7 +65,7 @@ def readable_images(paths: list[Path], problems: ProblemLog) -> list[bool]:
         except FileNotFoundError:
             problems.add("missing image", path, None, "file not found")
             ok.append(False)
-        except (OSError, ValueError, SyntaxError) as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             problems.add("broken image", path, None, f"cannot decode: {exc}")
             ok.append(False)
     return ok
@@ -93,13 +122,12 @@ def build_pairs(
 ) -> PairData:
     """Collect the usable (image, product) pairs of a catalog and precompute frozen-tower inputs
     (unless `cache_features` is off: then every batch runs the towers)."""
-    rows = [(i, catalog.image_path(im)) for i, im in catalog.iter_images() if sources is None or im.source in sources]
-    keep = readable_images([path for _, path in rows], problems)
-    rows = [row for row, ok in zip(rows, keep) if ok]
-    if not rows:
+    cache = image_cache(method, cache_dir) if cache_features else None
+    files = usable_image_files(catalog, problems, sources, cache)
+    if not files:
         raise ValueError("no usable image left to train on (see the problems above)")
-    product_index = torch.tensor([i for i, _ in rows], dtype=torch.long)
-    paths = [path for _, path in rows]
+    product_index = torch.tensor([f.product for f in files], dtype=torch.long)
+    paths = [f.path for f in files]
     texts = [method.product_text(p) for p in catalog.products]
     entity_ids = None
     if method.vocabs is not None:
@@ -107,22 +135,21 @@ def build_pairs(
     text_features = text_index = None
     if cache_features and method.backbone.text_tower_frozen:
         text_features, text_index = encode_texts_once(method, texts, cache_dir=cache_dir)
-    image_inputs = None
-    if cache_features and method.backbone.image_tower_frozen:
-        image_inputs = cached_image_inputs(method, paths, cache_dir)
+    image_inputs = cache.fill(paths, load_rgb) if cache is not None else None
     categories = [category_nodes(p.category_path) for p in catalog.products] if method.trains_on_categories else None
     attributes = [attribute_text(p) for p in catalog.products] if method.uses_attribute_text else None
     return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories, attributes)
 
 
-def cached_image_inputs(method: Method, paths: list[Path], cache_dir: Path | None) -> torch.Tensor:
-    """The frozen image tower's outputs for every path, from (and into) the feature cache."""
+def image_cache(method: Method, cache_dir: Path | None):
+    """The feature cache of a frozen image tower (tokens or pooled features, as the method takes
+    them), or None when the tower trains."""
     from catalogclip.train.featcache import FeatureCache
 
+    if not method.backbone.image_tower_frozen:
+        return None
     kind = "tokens" if method.image_input == "tokens" else "features"
-    root = cache_dir if cache_dir is not None else Path(".featcache")
-    cache = FeatureCache(root, method.backbone, kind=kind)
-    return cache.fill(paths, load_rgb)
+    return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=kind)
 
 
 def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1) -> list[torch.Tensor]:

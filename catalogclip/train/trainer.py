@@ -117,7 +117,7 @@ class Trainer:
         path = Path(self.config.data.catalog)
         if not path.exists():
             raise FileNotFoundError(f"{path}: catalog not found")
-        catalog = read_jsonl(path, self.problems)
+        catalog = read_jsonl(path, self.problems, self.config.data.image_root)
         if not len(catalog):
             raise ValueError(f"{path}: no usable product")
         return catalog

@@ -4,8 +4,10 @@
 
 A reader (registered by name in `READERS`) parses its format into products with the line they
 came from; `read_catalog` then applies what all formats share: duplicate ids are dropped,
-images named by URL are downloaded (`catalogclip.catalog.download`), images are checked (stat, optionally decoded), so a product left with no image is skipped, and
-attributes are normalised (`catalogclip.catalog.normalise`; what changed goes to `problems.notes`).
+images named by URL are downloaded (`catalogclip.catalog.download`), images outside the source's
+folder (or the image folder the user named) are dropped unopened, the others are checked (stat,
+optionally decoded), so a product left with no image is skipped, and attributes are normalised
+(`catalogclip.catalog.normalise`; what changed goes to `problems.notes`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from catalogclip.catalog.download import localise_images
 from catalogclip.catalog.images import keep_usable_images
 from catalogclip.catalog.normalise import normalise_catalog
+from catalogclip.catalog.paths import ImageRoots
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import BRAND_STOP_WORDS, READERS, Reader, ReaderOptions, Source
 from catalogclip.catalog.schema import Catalog, unique_products
@@ -38,17 +41,20 @@ def read_catalog(
     problems = problems if problems is not None else ProblemLog()
     options = options or ReaderOptions()
     source = reader(src, problems, options)
+    roots = ImageRoots(source.root, source.image_root)
     rows = list(unique_products(source.rows, source.file, problems))
-    products = []
+    products, lines = [], {}
     for line, product in localise_images(rows, options.download, problems, source.file):
-        if options.check_images:
-            product = keep_usable_images(product, source.root, problems, source.file, line, options.verify_images)
+        product = keep_usable_images(
+            product, roots, problems, source.file, line, options.verify_images, check_files=options.check_images
+        )
         if product is not None:
             products.append(product)
+            lines[product.id] = line
     if options.normalise:
         problems.notes += normalise_catalog(products, options.aliases).lines()
     problems.loaded += len(products)
-    return Catalog(products, source.root)
+    return Catalog(products, source.root, source.image_root, source.file, lines)
 
 
 __all__ = ["BRAND_STOP_WORDS", "READERS", "Reader", "ReaderOptions", "Source", "read_catalog"]
