@@ -46,11 +46,13 @@ def build_run_config(
     overrides: dict,
     method_overrides: dict,
     settings: list[str] = (),
+    base=None,
 ):
-    """A RunConfig from an optional YAML file, `--set` settings, then flags (flags win)."""
+    """A RunConfig from an optional YAML file (else `base`, else the defaults), `--set` settings,
+    then flags (flags win)."""
     from catalogclip.train.config import RunConfig
 
-    run = RunConfig.load(config) if config else RunConfig()
+    run = RunConfig.load(config) if config else (base or RunConfig())
     if settings:
         run = RunConfig.from_dict(_merge(run.to_dict(), parse_settings(list(settings))))
     if catalog is not None:
@@ -79,7 +81,8 @@ def train(
     method: Optional[str] = typer.Option(None, help="clip | eiclip | eclip | clipita"),
     backbone: Optional[str] = typer.Option(None, help="tiny | twotower | openclip:<model>[:<tag or checkpoint path>]"),
     config: Optional[Path] = typer.Option(None, help="YAML run config; flags override it."),
-    epochs: Optional[int] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the data (default: as many as the step budget needs)."),
+    step_budget: Optional[int] = typer.Option(None, help="Optimiser steps to aim for when --epochs is not given (default 2000)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None, help="Learning rate of pretrained tower parameters."),
     head_lr: Optional[float] = typer.Option(None, help="Learning rate of freshly initialised parts."),
@@ -92,30 +95,36 @@ def train(
     gates: Optional[str] = typer.Option(None, help="eiclip gates: learned | equal"),
     variant: Optional[str] = typer.Option(None, help="clipita product encoder: I | IA | ITA (image, + attributes, + title)"),
     fusion: Optional[str] = typer.Option(None, help="clipita fusion of the product parts: weighted | mlp"),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, help="Continue the run in --out from its last checkpoint to the end of its plan, with its saved settings "
+        "(changing the model, data or schedule is refused; --max-steps, --device and logging may change)."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     settings: list[str] = typer.Option([], "--set", help="Any setting as section.key=value, e.g. backbone.augment=true."),
 ) -> None:
-    """Train a method on a catalog."""
+    """Train a method on a catalog; prints the plan (epochs, steps, batch) before it starts."""
     with user_errors():
         from catalogclip.train.distributed import is_main
         from catalogclip.train.trainer import train as run_training
 
+        saved = out / "config.yaml"
         run = build_run_config(
             config, catalog, method, backbone,
             {
-                "optim": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "seed": seed,
-                          "device": device, "max_steps": max_steps},
+                "optim": {"epochs": epochs, "step_budget": step_budget, "batch_size": batch_size, "lr": lr,
+                          "head_lr": head_lr, "seed": seed, "device": device, "max_steps": max_steps},
                 "backbone": {"embed_dim": embed_dim},
                 "data": {"image_root": str(image_root.resolve()) if image_root else None},
             },
             {"entity_groups": _csv(entities), "entities_as_text": _csv(entities_as_text), "gates": gates,
              "variant": variant, "fusion": fusion},
             settings,
+            base=_resume_base(saved) if resume and saved.exists() else None,
         )
         if resume and not (out / "checkpoints" / "last.pt").exists():
             typer.echo(f"{out}: no checkpoint to resume from; starting fresh", err=True)
-        result = run_training(run, out, resume=resume, progress=progress)
+        on_plan = (lambda plan: typer.echo(str(plan))) if is_main() else None
+        result = run_training(run, out, resume=resume, progress=progress, on_plan=on_plan)
         if not is_main():  # under torchrun, rank 0 speaks for the run
             return
         if result.problems.problems:
@@ -144,6 +153,16 @@ def embed(
         embeddings.meta.update(run=str(run), model_id=loaded.model_id, split=split)
         target = embeddings.save(out or run / "embeddings")
         typer.echo(f"{len(embeddings.image)} images, {len(embeddings.text)} products -> {target}")
+
+
+def _resume_base(saved: Path):
+    """The run's saved settings (the truth on resume), going on to the end of its plan unless
+    --max-steps says otherwise."""
+    from catalogclip.train.config import RunConfig
+
+    config = RunConfig.load(saved)
+    config.optim.max_steps = None
+    return config
 
 
 def run_catalog(loaded, catalog: Path | None, split: str):

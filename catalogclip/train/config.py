@@ -31,7 +31,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 5
+    #: passes over the training pairs; None: as many whole epochs as `step_budget` needs
+    epochs: int | None = None
+    #: optimiser steps to train for when `epochs` is None (rounded up to whole epochs, at least
+    #: one, at most `max_epochs`): a small catalog gets many epochs, a large one few
+    step_budget: int = 2000
+    max_epochs: int = 100
     batch_size: int = 64
     #: learning rate of pretrained tower parameters (EI-CLIP paper: 5e-5)
     lr: float = 5e-5
@@ -53,6 +58,15 @@ class OptimConfig:
     max_steps: int | None = None
 
 
+RESUMABLE = frozenset({
+    "optim.max_steps", "optim.checkpoint_every", "optim.log_every", "optim.device",
+    "data.feature_cache", "data.image_root",
+})
+"""Settings a resumed run may change: where it stops, how often it logs and checkpoints, where it
+runs, where cached features and images are found. Everything else (model, data, batches,
+schedule, epochs included) must match the run, so a resumed run ends where an unbroken one would."""
+
+
 @dataclass
 class RunConfig:
     method: str = "clip"
@@ -69,6 +83,17 @@ class RunConfig:
     def from_dict(cls, values: dict) -> "RunConfig":
         return _build(cls, values, "config")
 
+    def resume_conflicts(self, saved: "RunConfig | dict") -> list[str]:
+        """The settings, outside `RESUMABLE`, in which this config differs from a run's `saved`
+        one, as "section.key: saved -> given" lines."""
+        saved = saved if isinstance(saved, RunConfig) else RunConfig.from_dict(saved)  # new settings get defaults
+        ours, theirs = _flat(self.to_dict()), _flat(saved.to_dict())
+        return [
+            f"{key}: {theirs.get(key)!r} -> {ours.get(key)!r}"
+            for key in sorted(set(ours) | set(theirs))
+            if key not in RESUMABLE and ours.get(key) != theirs.get(key)
+        ]
+
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
@@ -83,6 +108,17 @@ class RunConfig:
             return cls.from_dict(values)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 1}} as {"optim.lr": 1}; method_options and backbone extras are flattened too."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _build(cls, values: dict, where: str):

@@ -3,7 +3,10 @@ GPU, atomic checkpoints, exact resume, JSON-lines metrics, a progress bar, DDP u
 
 Resume is exact: a checkpoint holds the model, optimiser, schedule, position in the epoch and the
 random states, and batch order depends only on (seed, epoch), so a run killed after k steps and
-resumed ends with the same weights as an unbroken run.
+resumed ends with the same weights as an unbroken run. The checkpoint's config is the truth: a
+resume with settings outside `RESUMABLE` changed is refused, and nothing in the run folder is
+written until the checkpoint has loaded (then metrics.jsonl is cut back to its step, so no step
+is ever logged twice).
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ from catalogclip.models import methods
 from catalogclip.models.methods import Method
 from catalogclip.train import distributed
 from catalogclip.train.checkpoint import load_trainable_state, trainable_state
-from catalogclip.train.config import RunConfig
-from catalogclip.train.runs import feature_cache_dir
+from catalogclip.train.config import RESUMABLE, RunConfig
 from catalogclip.train.data import PairData, build_pairs, iterate_batches, usable_batches
+from catalogclip.train.plan import Plan, make_plan
+from catalogclip.train.runs import feature_cache_dir
 
 StepHook = Callable[[int, dict], None]
+PlanHook = Callable[[Plan], None]
 
 
 @dataclass
@@ -41,6 +46,7 @@ class TrainResult:
     last_loss: float
     pairs: int
     problems: ProblemLog
+    plan: Plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,10 +106,18 @@ def restore_rng(state: dict) -> None:
 class Trainer:
     """Train one run. The run folder layout is documented in the README ("Run folders")."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, on_step: StepHook | None = None, progress: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        on_step: StepHook | None = None,
+        progress: bool = True,
+        on_plan: PlanHook | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.on_step = on_step
+        self.on_plan = on_plan
         self.progress = progress
         self.problems = ProblemLog()
         self.distributed = distributed.init_from_env()
@@ -122,35 +136,44 @@ class Trainer:
             raise ValueError(f"{path}: no usable product")
         return catalog
 
-    def setup(self) -> tuple[Method, PairData]:
+    def setup(self, resuming: bool = False) -> tuple[Method, PairData]:
+        """The method and its training pairs; writes nothing (see `_write_run_files`). A resumed
+        run keeps the entity vocabularies it was trained with."""
         from catalogclip.catalog.splits import make_split
         from catalogclip.catalog.vocab import EntityVocabs, build_vocabs
 
         cfg = self.config
         seed_everything(cfg.optim.seed)
         catalog = self._load_catalog()
-        split = make_split(catalog, cfg.data.split_by, cfg.data.test_fraction, cfg.data.split_seed)
+        self.split = make_split(catalog, cfg.data.split_by, cfg.data.test_fraction, cfg.data.split_seed)
         method_config = methods.method_config(cfg.method, cfg.method_options)
-        vocabs = None
+        self.vocabs = None
         vocab_path = self.run_dir / "vocabs.json"
         if method_config.entity_groups:
-            vocabs = EntityVocabs.load(vocab_path) if vocab_path.exists() else build_vocabs(split.train, method_config.entity_groups)
-        method = methods.build_method(cfg.method, cfg.backbone, method_config, vocabs)
+            reuse = resuming and vocab_path.exists()
+            self.vocabs = EntityVocabs.load(vocab_path) if reuse else build_vocabs(self.split.train, method_config.entity_groups)
+        method = methods.build_method(cfg.method, cfg.backbone, method_config, self.vocabs)
         method.to(self.device)
-        if distributed.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
-            split.save(self.run_dir / "split.json")
-            if vocabs is not None:
-                vocabs.save(vocab_path)
         cache_dir = feature_cache_dir(cfg, self.run_dir)
-        data = build_pairs(method, split.train, self.problems, cfg.data.sources, cache_dir, cfg.data.cache_features)
+        data = build_pairs(method, self.split.train, self.problems, cfg.data.sources, cache_dir, cfg.data.cache_features)
         return method, data
+
+    def _write_run_files(self, step: int) -> None:
+        """Config, split and vocabularies of the run, and its metrics cut back to `step`."""
+        if not distributed.is_main():
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.yaml")
+        self.split.save(self.run_dir / "split.json")
+        if self.vocabs is not None:
+            self.vocabs.save(self.run_dir / "vocabs.json")
+        self._truncate_metrics(step)
 
     # --- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         cfg, opt = self.config, self.config.optim
-        method, data = self.setup()
+        saved = self._saved_state() if resume else None  # refuses changed settings before any work
+        method, data = self.setup(resuming=saved is not None)
         model: nn.Module = method
         if self.distributed:
             method.gather = distributed.gather_with_grad
@@ -161,18 +184,21 @@ class Trainer:
             )
         optimizer = torch.optim.AdamW(parameter_groups(method, opt.lr, opt.head_lr, opt.weight_decay))
         per_epoch = len(usable_batches(data, opt.batch_size, opt.seed, 0, method.views_per_product, self.world_size))
-        total_steps = max(1, per_epoch * opt.epochs // opt.grad_accum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, total_steps))
+        plan = make_plan(opt, per_epoch, len(data))
+        if self.on_plan is not None and distributed.is_main():
+            self.on_plan(plan)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(opt.warmup_steps, plan.steps))
         step, epoch, skip = 0, 0, 0
-        if resume:
-            step, epoch, skip = self._resume(method, optimizer, scheduler)
-        last_step = min(total_steps, opt.max_steps or total_steps)
+        if saved is not None:
+            step, epoch, skip = self._restore(saved, method, optimizer, scheduler)
+        self._write_run_files(step)
+        last_step = plan.stop
         bar = tqdm(total=last_step, initial=step, disable=not (self.progress and distributed.is_main()), desc=f"train {cfg.method}", unit="step")
         last_loss = float("nan")
         window_start, window_pairs = time.perf_counter(), 0
         micro = 0
         model.train()
-        while step < last_step and epoch < opt.epochs:
+        while step < last_step and epoch < plan.epochs:
             for batch_no, batch in enumerate(
                 iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size), start=skip
             ):
@@ -205,7 +231,7 @@ class Trainer:
             break
         bar.close()
         self._finish(method)
-        return TrainResult(self.run_dir, step, last_loss, len(data), self.problems)
+        return TrainResult(self.run_dir, step, last_loss, len(data), self.problems, plan)
 
     def _forward(self, model: nn.Module, batch) -> dict:
         if self.device.type == "cuda" and self.config.optim.amp:
@@ -244,22 +270,34 @@ class Trainer:
         with atomic_path(folder / "last.pt") as tmp:
             torch.save(state, tmp)
 
-    def _resume(self, method: Method, optimizer, scheduler) -> tuple[int, int, int]:
+    def _saved_state(self) -> dict | None:
+        """The run's last checkpoint (None: there is none, the run starts afresh); ValueError
+        listing the differences when this config changes settings the run fixed."""
         path = self.run_dir / "checkpoints" / "last.pt"
         if not path.exists():
-            return 0, 0, 0
+            return None
         state = torch.load(path, map_location=self.device, weights_only=False)
-        load_trainable_state(method, state["model"], str(path))
+        conflicts = self.config.resume_conflicts(state["config"])
+        if conflicts:
+            listed = "\n  ".join(conflicts)
+            raise ValueError(
+                f"{self.run_dir}: cannot resume with other settings than the run's (run -> given):\n  {listed}\n"
+                f"only {', '.join(sorted(RESUMABLE))} may change on resume; train into a new --out to change the others"
+            )
+        return state
+
+    def _restore(self, state: dict, method: Method, optimizer, scheduler) -> tuple[int, int, int]:
+        load_trainable_state(method, state["model"], str(self.run_dir / "checkpoints" / "last.pt"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
-        self._truncate_metrics(state["step"])
         return state["step"], state["epoch"], state["next_batch"]
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint: the resumed run writes them again."""
+        """Drop log lines written after the checkpoint (all of them when starting afresh): the
+        run writes them again."""
         path = self.run_dir / "metrics.jsonl"
-        if distributed.is_main() and path.exists():
+        if path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
