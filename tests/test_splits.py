@@ -139,7 +139,8 @@ def test_cli_split_writes_both_sides(tmp_path):
     result = CliRunner().invoke(app, ["catalog", "split", str(source), "--out", str(out), "--by", "leaf",
                                       "--test-fraction", "0.34", "--seed", "3"])
     assert result.exit_code == 0, result.output
-    train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    # images stay in tmp_path, outside the split's folder: reading the sides needs that root
+    train, test = read_jsonl(out / "train.jsonl", image_root=tmp_path), read_jsonl(out / "test.jsonl", image_root=tmp_path)
     expected = split_by_leaf(read_jsonl(source), 0.34, seed=3)
     assert [p.id for p in test] == [p.id for p in expected.test]
     assert [p.id for p in train] == [p.id for p in expected.train]
@@ -150,7 +151,9 @@ def test_cli_split_writes_both_sides(tmp_path):
 def test_cli_split_user_errors(tmp_path):
     missing = CliRunner().invoke(app, ["catalog", "split", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "nope.jsonl: no such file" in missing.output
-    one = write_jsonl(make_catalog([0]), tmp_path / "one.jsonl")
+    single = make_catalog([0])
+    single.root = tmp_path
+    one = write_jsonl(single, tmp_path / "one.jsonl")
     small = CliRunner().invoke(app, ["catalog", "split", str(one), "--out", str(tmp_path / "s")])
     assert small.exit_code == 2 and "one.jsonl: cannot split" in small.output
     assert len(small.output.strip().splitlines()) == 1

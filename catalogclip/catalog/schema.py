@@ -119,7 +119,6 @@ class Catalog:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self.roots = ImageRoots(self.root, Path(self.image_root) if self.image_root is not None else None)
         self._by_id: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -135,6 +134,10 @@ class Catalog:
         if self._by_id is None:
             self._by_id = {p.id: i for i, p in enumerate(self.products)}
         return self._by_id[product_id]
+
+    @property
+    def roots(self) -> ImageRoots:
+        return ImageRoots(self.root, Path(self.image_root) if self.image_root is not None else None)
 
     def with_products(self, products: list[Product]) -> "Catalog":
         """Other products under the same roots and source file."""

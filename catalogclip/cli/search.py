@@ -29,19 +29,25 @@ def index(
     device: str = typer.Option("cpu"),
     problems_file: Optional[Path] = typer.Option(None, "--problems", help="Write every problem met to this file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    wait: float = typer.Option(0.0, help="Seconds to wait while another process writes the same index (0: fail at once)."),
 ) -> None:
     """Embed every product image with a run's model and build a searchable index.
 
-    An interrupted build resumes from the images already embedded when run again.
+    An interrupted build resumes from the images already embedded when run again. One process
+    writes an index at a time; leftovers of a killed one are cleaned up by the next.
     """
     with user_errors():
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.search.build import BuildOptions, index_run
+        from catalogclip.search.lock import IndexLockedError
         from catalogclip.search.vectors import VectorParams
 
         problems = ProblemLog()
-        options = BuildOptions(kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), batch_size=batch_size, progress=progress)
-        built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)
+        options = BuildOptions(kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), batch_size=batch_size, progress=progress, wait=wait)
+        try:
+            built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)
+        except IndexLockedError as exc:
+            raise UserError(str(exc)) from None
         if problems.problems:
             problems.report(out=sys.stderr)
         if problems_file is not None:

@@ -24,6 +24,7 @@ from catalogclip.embeddings import Encoder
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.search.backend import Connection, VectorParams
 from catalogclip.search.index import ProductIndex, check_replaceable
+from catalogclip.search.lock import index_writer
 from catalogclip.train.data import load_rgb
 
 SHARD_SIZE = 1024
@@ -77,8 +78,8 @@ def embed_images(
     refs = _image_refs(catalog.products)
     plan = _plan(encoder, catalog, refs, shard_size)
     plan_path = work_dir / "plan.json"
-    if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
-        shutil.rmtree(work_dir)
+    if work_dir.exists() and not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
+        shutil.rmtree(work_dir)  # another catalog's shards, or a dead writer's without a plan
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 
@@ -139,6 +140,8 @@ class BuildOptions:
     run: str | None = None
     config: Mapping | None = None
     connection: Connection | None = None  # backend and where it keeps the vectors (default: faiss in the folder)
+    #: seconds to wait for another writer of the same index to finish (0: fail at once)
+    wait: float = 0.0
 
 
 def build_index(
@@ -146,8 +149,12 @@ def build_index(
 ) -> ProductIndex:
     """Embed every product image of `catalog` and write a new index at `out` (atomically)."""
     options = options or BuildOptions()
-    problems = problems if problems is not None else ProblemLog()
     check_replaceable(out)  # before the long part, not after it
+    with index_writer(out, options.wait):
+        return _build_index(encoder, catalog, out, options, problems if problems is not None else ProblemLog())
+
+
+def _build_index(encoder: Encoder, catalog: Catalog, out: str | Path, options: BuildOptions, problems: ProblemLog) -> ProductIndex:
     catalog = catalog.confined(problems)
     work = work_folder(out)
     vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
@@ -178,7 +185,14 @@ def update_index(
 ) -> UpdateSummary:
     """Make `index` hold exactly `catalog`'s products, embedding only new and changed ones."""
     options = options or BuildOptions()
-    problems = problems if problems is not None else ProblemLog()
+    with index_writer(index.path, options.wait):
+        index.reload(options.connection)  # another writer may have committed while this one waited
+        return _update_index(encoder, catalog, index, options, problems if problems is not None else ProblemLog())
+
+
+def _update_index(
+    encoder: Encoder, catalog: Catalog, index: ProductIndex, options: BuildOptions, problems: ProblemLog
+) -> UpdateSummary:
     index.check_model(encoder.model_id, encoder.dim)
     stored = {p.id: p.to_json() for p in index.store.iter_products()}
     catalog = catalog.confined(problems)

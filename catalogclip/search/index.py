@@ -60,6 +60,7 @@ class ProductIndex:
         self.store = store
         self.vectors = vectors
         self.info = store.info()
+        self._root_override = catalog_root
         self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
         image_root = self.info.get("image_root")
         self.roots = ImageRoots(self.catalog_root, Path(image_root) if image_root else None)
@@ -148,6 +149,12 @@ class ProductIndex:
     def close(self) -> None:
         self.store.close()
         self.vectors.close()
+
+    def reload(self, connection: Connection | None = None) -> None:
+        """Reopen the index as committed now: another writer may have updated or rebuilt it."""
+        fresh = ProductIndex.open(self.path, self._root_override, connection)
+        self.close()
+        self.__dict__.update(fresh.__dict__)
 
     # --- what it holds ------------------------------------------------------------------------
     @property
