@@ -137,7 +137,7 @@ def train_run(name: str, options: dict, catalog: Catalog, catalog_path: Path, sp
         method="clipita",
         method_options=options,
         backbone=BACKBONE,
-        data=DataConfig(catalog=str(catalog_path), image_root=str(catalog.image_root), split_by=split_by, test_fraction=0.2,
+        data=DataConfig(catalog=str(catalog_path), image_root=str(catalog.image_roots[0]), split_by=split_by, test_fraction=0.2,
                         split_seed=0, feature_cache=str(cache)),
         optim=OptimConfig(epochs=epochs, batch_size=256, head_lr=1e-3, warmup_steps=20, log_every=20,
                           checkpoint_every=10**6, device="cpu", seed=0),
@@ -154,7 +154,7 @@ def evaluate_split(split_by: str, catalog: Catalog, catalog_path: Path, work: Pa
         run_dir = train_run(name, options, catalog, catalog_path, split_by, work, cache, epochs)
         timings[f"train {name}"] = round(time.perf_counter() - started, 1)
         run = load_run(run_dir)
-        full = read_jsonl(catalog_path, image_root=catalog.image_root)
+        full = read_jsonl(catalog_path, image_root=catalog.image_roots[0])
         ids = run.split_ids()
         train_side, test = full.subset(ids["train"]), full.subset(ids["test"])
         seen = seen_categories(train_side)

@@ -86,7 +86,7 @@ def test_write_jsonl_makes_paths_relative_to_the_new_file(tmp_path):
     source = Catalog(
         [Product("p1", "Mug", images=[ImageRef("images/p1.jpg"), ImageRef(str(tmp_path / "far" / "x.jpg"))])],
         tmp_path / "src",
-        image_root=tmp_path / "far",
+        image_roots=(tmp_path / "far",),
     )
     out = write_jsonl(source, tmp_path / "src" / "catalog.jsonl")
     row = json.loads(out.read_text())

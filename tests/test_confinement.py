@@ -49,8 +49,8 @@ def test_roots_resolve_inside_and_refuse_each_route_out(shop):
         with pytest.raises(OutsideRootError):
             roots.resolve(path)
     # an explicitly configured image root is allowed, and only it
-    assert ImageRoots(folder, secret.parent).resolve(str(secret)) == secret.resolve()
-    assert not ImageRoots(folder, folder / "images").inside(str(secret))
+    assert ImageRoots(folder, (secret.parent,)).resolve(str(secret)) == secret.resolve()
+    assert not ImageRoots(folder, (folder / "images",)).inside(str(secret))
 
 
 def test_load_drops_every_route_out_with_file_line_and_field(shop):

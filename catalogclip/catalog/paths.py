@@ -34,23 +34,23 @@ def _real(folder: str) -> str:
 
 @dataclass(frozen=True)
 class ImageRoots:
-    """Where a catalog's images may live: `root` (relative paths start there) and an optional
-    explicitly configured `image_root`."""
+    """Where a catalog's images may live: `root` (relative paths start there) and `extra`
+    folders configured explicitly (an image root, the import's download cache)."""
 
     root: Path
-    image_root: Path | None = None
+    extra: tuple[Path, ...] = ()
 
     def resolve(self, path: str | Path) -> Path:
         """The real file `path` names (relative to `root`, symlinks resolved).
 
-        Raises OutsideRootError unless it lies inside `root` or `image_root`.
+        Raises OutsideRootError unless it lies inside `root` or one of `extra`.
         """
         try:
             real = os.path.realpath(os.path.join(self.root, path))  # an absolute `path` replaces root
         except ValueError:  # a NUL byte
             raise OutsideRootError(f"{path!r} is not a valid path") from None
-        for allowed in (self.root, self.image_root):
-            if allowed is not None and _inside(real, _real(str(allowed))):
+        for allowed in (self.root, *self.extra):
+            if _inside(real, _real(str(allowed))):
                 return Path(real)
         raise OutsideRootError(f"'{path}' leads outside the catalog root")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from catalogclip.catalog.images import keep_usable_images
-from catalogclip.catalog.paths import OUTSIDE_ROOT, ImageRoots, OutsideRootError, is_url  # noqa: F401 (is_url: re-exported)
+from catalogclip.catalog.paths import OUTSIDE_ROOT, ImageRoots, OutsideRootError, is_url
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.textfile import text_lines
 
@@ -106,14 +106,14 @@ class ImageFile:
 class Catalog:
     """Products plus the folder their relative image paths start from.
 
-    `image_root` is a second folder images may live in, set explicitly by whoever configures
+    `image_roots` are other folders images may live in, set explicitly by whoever configures
     the command (never read from the catalog itself). `file` and `lines` (product id -> line)
     say where each product came from, for problem reports.
     """
 
     products: list[Product]
     root: Path = field(default_factory=Path)
-    image_root: Path | None = None
+    image_roots: tuple[Path, ...] = ()
     file: Path | None = None
     lines: dict[str, int] = field(default_factory=dict)
 
@@ -137,11 +137,11 @@ class Catalog:
 
     @property
     def roots(self) -> ImageRoots:
-        return ImageRoots(self.root, Path(self.image_root) if self.image_root is not None else None)
+        return ImageRoots(self.root, tuple(Path(p) for p in self.image_roots))
 
     def with_products(self, products: list[Product]) -> "Catalog":
         """Other products under the same roots and source file."""
-        return Catalog(products, self.root, self.image_root, self.file, self.lines)
+        return Catalog(products, self.root, self.image_roots, self.file, self.lines)
 
     def subset(self, product_ids: Iterable[str]) -> "Catalog":
         return self.with_products([self[pid] for pid in product_ids])
@@ -324,7 +324,8 @@ def read_jsonl(path: str | Path, problems: ProblemLog | None = None, image_root:
     problems = problems if problems is not None else ProblemLog()
     rows = list(unique_products(iter_jsonl(path, problems), path, problems))
     lines = {product.id: line for line, product in rows}
-    catalog = Catalog([product for _, product in rows], path.parent, image_root, path, lines).confined(problems)
+    extra = (Path(image_root),) if image_root is not None else ()
+    catalog = Catalog([product for _, product in rows], path.parent, extra, path, lines).confined(problems)
     problems.loaded += len(catalog)
     return catalog
 
@@ -351,10 +352,9 @@ def external_image_root(catalog: Catalog, folder: str | Path) -> Path | None:
     ``data.image_root``) because some of its images lie outside `folder`; None when none does."""
     inside = ImageRoots(Path(folder))
     for _, image in catalog.iter_images():
-        path = catalog.image_path(image)
-        if not inside.inside(path):
-            in_root = ImageRoots(catalog.root).inside(path)
-            return Path(catalog.root if in_root else catalog.image_root).resolve()
+        path = None if is_url(image.path) else catalog.image_path(image)
+        if path is not None and not inside.inside(path):
+            return next(Path(root).resolve() for root in (catalog.root, *catalog.image_roots) if ImageRoots(Path(root)).inside(path))
     return None
 
 

@@ -162,7 +162,7 @@ def _build_index(encoder: Encoder, catalog: Catalog, out: str | Path, options: B
     products = [_rebased(p, catalog, catalog.root) for p in products]  # as `update_index` compares them
     index = ProductIndex.build(
         out, products, vectors, refs,
-        model_id=encoder.model_id, catalog_root=catalog.root, image_root=catalog.image_root, run=options.run,
+        model_id=encoder.model_id, catalog_root=catalog.root, image_roots=catalog.image_roots, run=options.run,
         config=options.config, kind=options.kind, params=options.params, connection=options.connection,
     )
     shutil.rmtree(work, ignore_errors=True)
@@ -200,7 +200,7 @@ def _update_index(
     fresh = [p for p in current if stored.get(p.id) != p.to_json()]
     gone = [pid for pid in stored if pid not in {p.id for p in current}]
     # the index's roots are the truth: images of the new catalog outside them are left out
-    to_embed = Catalog(fresh, index.catalog_root, index.roots.image_root, catalog.file, catalog.lines).confined(problems)
+    to_embed = Catalog(fresh, index.catalog_root, index.roots.extra, catalog.file, catalog.lines).confined(problems)
     work = work_folder(index.path)
     vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
     products, refs = _searchable(to_embed, refs, problems)

@@ -62,8 +62,7 @@ class ProductIndex:
         self.info = store.info()
         self._root_override = catalog_root
         self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
-        image_root = self.info.get("image_root")
-        self.roots = ImageRoots(self.catalog_root, Path(image_root) if image_root else None)
+        self.roots = ImageRoots(self.catalog_root, tuple(Path(p) for p in self.info.get("image_roots") or ()))
         self._refresh()
 
     # --- opening and building -----------------------------------------------------------------
@@ -97,7 +96,7 @@ class ProductIndex:
         *,
         model_id: str,
         catalog_root: str | Path,
-        image_root: str | Path | None = None,
+        image_roots: Sequence[str | Path] = (),
         run: str | None = None,
         config: Mapping | None = None,
         kind: str = "auto",
@@ -129,7 +128,7 @@ class ProductIndex:
                 run=run,
                 config=dict(config or {}),
                 catalog_root=str(Path(catalog_root).resolve()),
-                image_root=str(Path(image_root).resolve()) if image_root is not None else None,
+                image_roots=[str(Path(p).resolve()) for p in image_roots],
                 built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 generation=0,
             )

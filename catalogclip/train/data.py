@@ -22,8 +22,11 @@ from catalogclip.models.methods import Method
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB (raises OSError/ValueError/DecompressionBombError when it cannot be decoded)."""
+    """Open an image as RGB (raises OSError/ValueError/DecompressionBombError when it cannot be
+    decoded or has more pixels than Pillow's budget, which Pillow alone enforces only from twice it)."""
     with Image.open(path) as image:
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels, over the budget of {Image.MAX_IMAGE_PIXELS:,}")
         return image.convert("RGB")
 
 

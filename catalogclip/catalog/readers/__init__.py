@@ -41,7 +41,9 @@ def read_catalog(
     problems = problems if problems is not None else ProblemLog()
     options = options or ReaderOptions()
     source = reader(src, problems, options)
-    roots = ImageRoots(source.root, source.image_root)
+    # the image folder the user named and the download cache the import chose are roots too
+    cache = options.download.cache_dir if options.download is not None else None
+    roots = ImageRoots(source.root, tuple(p.resolve() for p in (options.image_dir, cache) if p is not None))
     rows = list(unique_products(source.rows, source.file, problems))
     products, lines = [], {}
     for line, product in localise_images(rows, options.download, problems, source.file):
@@ -54,7 +56,7 @@ def read_catalog(
     if options.normalise:
         problems.notes += normalise_catalog(products, options.aliases).lines()
     problems.loaded += len(products)
-    return Catalog(products, source.root, source.image_root, source.file, lines)
+    return Catalog(products, source.root, roots.extra, source.file, lines)
 
 
 __all__ = ["BRAND_STOP_WORDS", "READERS", "Reader", "ReaderOptions", "Source", "read_catalog"]

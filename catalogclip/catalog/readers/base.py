@@ -49,8 +49,6 @@ class Source:
     file: Path  # the file problems are reported against
     root: Path  # the folder relative image paths start from
     rows: Iterable[Row]
-    #: a folder outside `root` that images may live in, only when the user named it (e.g. --image-dir)
-    image_root: Path | None = None
 
 
 Reader = Callable[[Path, ProblemLog, ReaderOptions], Source]
@@ -143,11 +141,6 @@ def merge_variants(group: str, variants: list[dict]) -> dict:
 def resolve_image_dir(options: ReaderOptions, default: Path) -> Path:
     """The image folder from the options, else `default`; absolute so it survives relocation."""
     return (options.image_dir if options.image_dir is not None else default).resolve()
-
-
-def explicit_image_root(options: ReaderOptions) -> Path | None:
-    """The image folder the user named, which images may live in besides the source's folder."""
-    return options.image_dir.resolve() if options.image_dir is not None else None
 
 
 def category_path(levels: Iterable[str | None]) -> list[str]:

@@ -101,4 +101,4 @@ def read_fashiongen(src: Path, problems: ProblemLog, options: ReaderOptions) -> 
     if options.image_dir is None:
         raise ValueError("fashiongen: an image folder to extract the images into is required")
     image_dir = options.image_dir.resolve()
-    return Source(src, image_dir, products_from_rows(_rows(src, image_dir), src, problems), image_dir)
+    return Source(src, image_dir, products_from_rows(_rows(src, image_dir), src, problems))

@@ -8,7 +8,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, explicit_image_root, resolve_image_dir
+from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, resolve_image_dir
 from catalogclip.catalog.schema import RowError, products_from_rows
 
 COLUMNS = ("uniq_id", "product_name", "product_category_tree", "image")
@@ -132,4 +132,4 @@ def read_flipkart(src: Path, problems: ProblemLog, options: ReaderOptions) -> So
     csv_path = find_csv(src) if src.is_dir() else src
     image_dir = resolve_image_dir(options, csv_path.parent / "images")
     raw = _raw_products(csv_path, image_dir, problems, options.encoding)
-    return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems), explicit_image_root(options))
+    return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems))

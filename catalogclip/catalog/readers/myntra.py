@@ -12,7 +12,6 @@ from catalogclip.catalog.readers.base import (
     Source,
     category_path,
     csv_rows,
-    explicit_image_root,
     resolve_image_dir,
 )
 from catalogclip.catalog.schema import products_from_rows
@@ -59,4 +58,4 @@ def read_myntra(src: Path, problems: ProblemLog, options: ReaderOptions) -> Sour
         raise FileNotFoundError(f"{csv_path}: no such file (expected the Myntra styles.csv)")
     image_dir = resolve_image_dir(options, csv_path.parent / "images")
     raw = _raw_products(csv_path, image_dir, options.brand_stop_words, problems, options.encoding)
-    return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems), explicit_image_root(options))
+    return Source(csv_path, csv_path.parent, products_from_rows(raw, csv_path, problems))
