@@ -175,3 +175,28 @@ def test_import_normalises_attributes_and_says_what_it_merged(tmp_path):
     assert json.loads(out.read_text().splitlines()[0])["attributes"] == {
         "Brand": "ALISHA", "Ideal For": "Men, Women", "Color": "Blk", "brand": "Alisha"
     }
+
+
+def test_stats_lists_the_best_covered_groups_and_the_loading_problems(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    rows = [{"id": f"p{i}", "title": "Tee", "images": ["a.jpg"],
+             "attributes": {"brand": "Puma", **{f"spec{k}": "x" for k in range(i)}}} for i in range(20)]
+    path = tmp_path / "catalog.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + b'{"id": "\xff"}\n')
+
+    result = run("stats", path, "--groups", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "20 attribute groups, highest coverage first" in result.stdout
+    table = [line for line in lines if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in table] == ["brand", "spec0", "spec1"]
+    assert "│ 100.0%" in table[0] and "Puma (20)" in table[0]
+    assert "... and 17 more groups, coverage 5.0% to 85.0% (--all lists them)" in result.stdout
+    assert "problems loading the catalog: 2 (1 malformed row, 1 undecodable bytes)" in result.stdout
+    assert len(lines) < 20
+
+    full = run("stats", path, "--all")
+    assert "spec18" in full.stdout and "more groups" not in full.stdout
+    figures = json.loads(run("stats", path, "--json").stdout)
+    assert list(figures["attributes"])[:3] == ["brand", "spec0", "spec1"] and len(figures["attributes"]) == 20
+    assert figures["problems"]["by_kind"] == {"undecodable bytes": 1, "malformed row": 1}

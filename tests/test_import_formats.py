@@ -276,6 +276,7 @@ def test_bytes_that_do_not_decode_are_reported_and_replaced_not_fatal(tmp_path):
     assert [(p.kind, p.line) for p in problems.problems] == [("undecodable bytes", 2)]
     assert "byte 0xe7 at position 57 of the line is not utf-8" in problems.problems[0].message
     assert "row kept" in problems.problems[0].message
+    assert problems.summary() == "2 usable, skipped: nothing; 1 lines with undecodable bytes kept, bad bytes replaced by U+FFFD"
 
     (root / "styles.csv").write_bytes((MYNTRA_HEADER + LATIN1_ROW).encode("cp1252"))
     problems = ProblemLog()

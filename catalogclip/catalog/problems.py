@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import TextIO
 
 
+KEPT_KINDS = ("undecodable bytes",)
+"""Problem kinds whose row is kept (decoded with replacement), not skipped."""
+
+
 @dataclass(frozen=True)
 class Problem:
     kind: str  # "malformed row", "duplicate id", "missing image", "broken image", "empty title", ...
@@ -44,8 +48,10 @@ class ProblemLog:
 
     def summary(self) -> str:
         counts = self.counts()
+        kept = {kind: counts.pop(kind) for kind in KEPT_KINDS if kind in counts}
         skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing"
-        return f"{self.loaded} usable, skipped: {skipped}"
+        decoded = "".join(f"; {n} lines with {kind} kept, bad bytes replaced by U+FFFD" for kind, n in kept.items())
+        return f"{self.loaded} usable, skipped: {skipped}{decoded}"
 
     def report(self, out: TextIO = sys.stderr, per_kind: int = 5) -> None:
         shown: Counter = Counter()

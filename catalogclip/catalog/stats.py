@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections import Counter
 
 from catalogclip.catalog.images import image_problem
-from catalogclip.catalog.schema import Catalog
+from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.schema import Catalog, split_values
 
 EXAMPLES = 5  # unusable image paths listed (all of them are counted)
 
@@ -16,17 +17,23 @@ def _spread(values: list[int]) -> dict:
 
 
 def attribute_stats(catalog: Catalog, top: int = 5) -> dict[str, dict]:
-    """Per attribute group: distinct values, coverage (share of products with it), top values."""
+    """Per attribute group, highest coverage first: distinct values, coverage (share of products
+    with the group), top values; each value of a multi-value ("Men | Women") counts on its own."""
     n = len(catalog) or 1
-    stats = {}
-    for group in catalog.attribute_groups():
-        values = Counter(p.attributes[group] for p in catalog if group in p.attributes)
-        stats[group] = {
-            "distinct": len(values),
-            "coverage": round(sum(values.values()) / n, 4),
-            "top": [[value, count] for value, count in values.most_common(top)],
+    values: dict[str, Counter] = {}
+    having: Counter = Counter()
+    for product in catalog:
+        for group, value in product.attributes.items():
+            having[group] += 1
+            values.setdefault(group, Counter()).update(split_values(value))
+    return {
+        group: {
+            "distinct": len(values[group]),
+            "coverage": round(having[group] / n, 4),
+            "top": [[value, count] for value, count in values[group].most_common(top)],
         }
-    return stats
+        for group in sorted(values, key=lambda g: (-having[g], g))
+    }
 
 
 def category_stats(catalog: Catalog) -> dict:
@@ -59,8 +66,16 @@ def image_file_stats(catalog: Catalog) -> dict:
     return {"unusable": sum(kinds.values()), "by_kind": dict(kinds), "examples": examples}
 
 
-def catalog_stats(catalog: Catalog, top: int = 5, check_images: bool = True) -> dict:
-    """A JSON-ready summary of the catalog; `check_images` stats every image file."""
+def problem_stats(problems: ProblemLog) -> dict:
+    """Problems met while loading the catalog: counts per kind and the first few."""
+    return {"total": len(problems), "by_kind": dict(problems.counts()), "examples": [str(p) for p in problems.problems[:EXAMPLES]]}
+
+
+def catalog_stats(
+    catalog: Catalog, top: int = 5, check_images: bool = True, problems: ProblemLog | None = None
+) -> dict:
+    """A JSON-ready summary of the catalog; `check_images` stats every image file; `problems`
+    (those met loading it) are summarised too."""
     per_product = [len(p.images) for p in catalog]
     stats = {
         "products": len(catalog),
@@ -72,4 +87,6 @@ def catalog_stats(catalog: Catalog, top: int = 5, check_images: bool = True) -> 
     }
     if check_images:
         stats["image_files"] = image_file_stats(catalog)
+    if problems is not None:
+        stats["problems"] = problem_stats(problems)
     return stats

@@ -5,9 +5,9 @@ import codecs
 from pathlib import Path
 from typing import Iterator
 
-from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.problems import KEPT_KINDS, ProblemLog
 
-UNDECODABLE = "undecodable bytes"
+UNDECODABLE = KEPT_KINDS[0]
 
 
 def check_encoding(encoding: str) -> str:

@@ -169,14 +169,14 @@ def split(
     print(f"train {len(result.train)} / test {len(result.test)} products (by {by}, seed {seed}) -> {out}")
 
 
-def _load_catalog(file: Path, image_root: Path | None = None):
+def _load_catalog(file: Path, image_root: Path | None = None, problems=None):
     """Read a canonical catalog, reporting skipped rows on stderr."""
     from catalogclip.catalog.problems import ProblemLog
     from catalogclip.catalog.schema import read_jsonl
 
     if not file.is_file():
         raise UserError(f"{file}: no such file")
-    problems = ProblemLog()
+    problems = problems if problems is not None else ProblemLog()
     catalog = read_jsonl(file, problems, image_root)
     if problems:
         problems.report(out=sys.stderr)
@@ -186,27 +186,34 @@ def _load_catalog(file: Path, image_root: Path | None = None):
 @app.command("stats")
 def stats(
     file: Path = typer.Argument(..., help="A canonical catalog JSONL."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print every figure as JSON (for tools)."),
+    show_all: bool = typer.Option(False, "--all", help="List every attribute group, not only the best covered."),
+    groups: int = typer.Option(15, "--groups", min=1, help="Attribute groups listed (highest coverage first)."),
     top: int = typer.Option(5, "--top", min=1, help="Most common values listed per attribute group."),
     check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Stat every image file."),
     image_root: Path | None = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
 ) -> None:
-    """Products, images, attribute groups, the category tree and missing images of a catalog."""
+    """What a catalog holds: products, images per product, the category tree, the attribute groups
+    with the highest coverage, unusable images and the problems met loading it."""
     with user_errors():
+        from catalogclip.catalog.problems import ProblemLog
         from catalogclip.catalog.stats import catalog_stats
 
-        figures = catalog_stats(_load_catalog(file, image_root), top=top, check_images=check_images)
+        problems = ProblemLog()
+        figures = catalog_stats(
+            _load_catalog(file, image_root, problems), top=top, check_images=check_images, problems=problems
+        )
     if as_json:
         print(json.dumps(figures, indent=2, ensure_ascii=False))
     else:
-        _print_stats(figures)
+        _print_stats(figures, None if show_all else groups)
 
 
-def _print_stats(figures: dict) -> None:
+def _print_stats(figures: dict, groups: int | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     spread = figures["images_per_product"]
     console.print(
         f"[bold]{figures['products']}[/] products, [bold]{figures['images']}[/] images "
@@ -221,13 +228,23 @@ def _print_stats(figures: dict) -> None:
         f"{category['leaves']} leaves; "
         f"{category['without_category']} products without a category"
     )
-    table = Table("attribute group", "distinct", "coverage", "top values")
-    for group, info in figures["attributes"].items():
+    attributes = list(figures["attributes"].items())
+    shown = attributes if groups is None else attributes[:groups]
+    table = Table("attribute group", "coverage", "distinct", "top values",
+                  title=f"{len(attributes)} attribute groups, highest coverage first", title_justify="left")
+    for group, info in shown:
         top_values = ", ".join(f"{value} ({count})" for value, count in info["top"])
-        table.add_row(group, str(info["distinct"]), f"{info['coverage']:.1%}", top_values)
+        table.add_row(group, f"{info['coverage']:.1%}", str(info["distinct"]), top_values)
     console.print(table)
+    if len(shown) < len(attributes):
+        rest = [info["coverage"] for _, info in attributes[len(shown):]]
+        console.print(f"... and {len(rest)} more groups, coverage {min(rest):.1%} to {max(rest):.1%} (--all lists them)")
     if "image_files" in figures:
         files = figures["image_files"]
         console.print(f"unusable image files: {files['unusable']} {files['by_kind'] or ''}".rstrip())
         for example in files["examples"]:
             console.print(f"  {example}", markup=False)
+    if "problems" in figures:
+        found = figures["problems"]
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(found["by_kind"].items()))
+        console.print(f"problems loading the catalog: {found['total']}" + (f" ({kinds})" if kinds else ""), markup=False)
