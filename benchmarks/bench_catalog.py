@@ -1,6 +1,8 @@
-"""Catalog throughput: read_jsonl on 100k products, the synthetic generator, the real Myntra import.
+"""Catalog throughput: read_jsonl on 100k products, the synthetic generator, the real Myntra import,
+import per format on generated 100k-row files, image downloads from a loopback HTTP server.
 
     python benchmarks/bench_catalog.py [--products 100000] [--synth 1000] [--myntra DIR]
+                                       [--import-rows 100000] [--downloads 1000]
 
 Prints the figures and saves benchmarks/results/bench_catalog.json. Everything is written to a
 temporary folder, never into the repository.
@@ -8,10 +10,13 @@ temporary folder, never into the repository.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import platform
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +25,10 @@ from pathlib import Path
 
 import torch
 
+from catalogclip.catalog.download import DownloadOptions, download_images
 from catalogclip.catalog.problems import ProblemLog
+from catalogclip.catalog.readers import ReaderOptions, read_catalog
+from catalogclip.catalog.readers.mapped_csv import ColumnMapping
 from catalogclip.catalog.schema import read_jsonl
 from catalogclip.catalog.stats import catalog_stats
 from catalogclip.catalog.synth import generate_catalog
@@ -127,6 +135,173 @@ def bench_myntra(src: Path, tmp: Path) -> dict:
     }
 
 
+def _item(i: int, rng: random.Random) -> dict:
+    brand, colour, leaf = rng.choice(BRANDS), rng.choice(COLOURS), rng.choice(LEAVES)
+    return {"id": f"p{i}", "group": f"g{i // 2}", "title": f"{brand} Men {colour} {leaf[-1]} {i // 2}",
+            "description": f"A {colour.lower()} {leaf[-1].lower()} by {brand}, regular fit.", "brand": brand,
+            "colour": rng.choice([colour, colour.upper(), colour.lower()]), "size": rng.choice("SML"), "leaf": leaf,
+            "images": [f"images/p{i}_{k}.jpg" for k in range(2)]}
+
+
+def write_google_tsv(path: Path, n: int, rng: random.Random) -> dict:
+    fields = ["id", "title", "description", "image_link", "additional_image_link", "brand", "color", "size",
+              "product_type", "item_group_id"]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(fields)
+        for i in range(n):
+            it = _item(i, rng)
+            writer.writerow([it["id"], it["title"], it["description"], it["images"][0], it["images"][1], it["brand"],
+                             it["colour"], it["size"], " > ".join(it["leaf"]), it["group"]])
+    return {}
+
+
+def write_google_xml(path: Path, n: int, rng: random.Random) -> dict:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write('<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" xmlns:g="http://base.google.com/ns/1.0"><channel>\n')
+        for i in range(n):
+            it = _item(i, rng)
+            fh.write(f"<item><g:id>{it['id']}</g:id><title>{it['title']}</title><description>{it['description']}</description>"
+                     f"<g:image_link>{it['images'][0]}</g:image_link><g:additional_image_link>{it['images'][1]}</g:additional_image_link>"
+                     f"<g:brand>{it['brand']}</g:brand><g:color>{it['colour']}</g:color><g:size>{it['size']}</g:size>"
+                     f"<g:product_type>{' &gt; '.join(it['leaf'])}</g:product_type><g:item_group_id>{it['group']}</g:item_group_id></item>\n")
+        fh.write("</channel></rss>\n")
+    return {}
+
+
+def write_shopify(path: Path, n: int, rng: random.Random) -> dict:
+    """n rows: per handle a first row, a second variant row, and one more image row each."""
+    header = ["Handle", "Title", "Body (HTML)", "Vendor", "Product Category", "Type", "Tags", "Option1 Name",
+              "Option1 Value", "Option2 Name", "Option2 Value", "Image Src", "Image Position", "Variant Image"]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i in range(0, n, 4):
+            it = _item(i, rng)
+            handle, cat = f"h{i}", " > ".join(it["leaf"])
+            writer.writerow([handle, it["title"], f"<p>{it['description']}</p>", it["brand"], cat, it["leaf"][-1], "summer, cotton",
+                             "Colour", it["colour"], "Size", "S", it["images"][0], "1", it["images"][0]])
+            writer.writerow([handle, "", "", "", "", "", "", "", it["colour"], "", "M", it["images"][1], "2", ""])
+            writer.writerow([handle, "", "", "", "", "", "", "", "Black", "", "S", f"images/p{i}_2.jpg", "3", f"images/p{i}_2.jpg"])
+            writer.writerow([handle, "", "", "", "", "", "", "", "", "", "", f"images/p{i}_3.jpg", "4", ""])
+    return {}
+
+
+def write_mapped_csv(path: Path, n: int, rng: random.Random) -> dict:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sku", "name", "details", "pictures", "department", "maker", "shade", "fit"])
+        for i in range(n):
+            it = _item(i, rng)
+            writer.writerow([it["id"], it["title"], it["description"], ";".join(it["images"]), "/".join(it["leaf"]),
+                             it["brand"], it["colour"], rng.choice(["Regular", "Slim"])])
+    mapping = {"id": "sku", "title": "name", "description": "details", "images": "pictures", "image_sep": ";",
+               "category": "department", "category_sep": "/", "brand": "maker", "attributes": {"colour": "shade", "fit": "fit"}}
+    return {"columns": ColumnMapping.from_dict(mapping)}
+
+
+def write_flipkart(path: Path, n: int, rng: random.Random) -> dict:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["uniq_id", "product_name", "product_category_tree", "brand", "description", "image",
+                         "product_specifications"])
+        for i in range(n):
+            it = _item(i, rng)
+            specs = ('{"product_specification"=>[{"key"=>"Color", "value"=>"%s"}, {"key"=>"Ideal For", "value"=>"Men"}, '
+                     '{"key"=>"Brand", "value"=>"%s"}]}' % (it["colour"], it["brand"]))
+            urls = [f"http://img5a.flixcart.com/image/{name}" for name in it["images"]]
+            writer.writerow([it["id"], it["title"], json.dumps([" >> ".join(it["leaf"])]), it["brand"], it["description"],
+                             json.dumps(urls), specs])
+    return {}
+
+
+IMPORT_FORMATS = {
+    "google-merchant (TSV)": ("google-merchant", "feed.tsv", write_google_tsv),
+    "google-merchant (XML)": ("google-merchant", "feed.xml", write_google_xml),
+    "shopify": ("shopify", "products_export.csv", write_shopify),
+    "csv (mapped)": ("csv", "export.csv", write_mapped_csv),
+    "flipkart": ("flipkart", "flipkart.csv", write_flipkart),
+}
+
+
+def bench_import(tmp: Path, rows: int) -> dict:
+    """read_catalog per format on `rows` generated rows; image files do not exist (no image checks)."""
+    results = {}
+    for name, (fmt, file_name, write) in IMPORT_FORMATS.items():
+        path = tmp / file_name
+        extra = write(path, rows, random.Random(0))
+        timings = {}
+        for normalise in (True, False):
+            problems = ProblemLog()
+            options = ReaderOptions(check_images=False, normalise=normalise, **extra)
+            seconds, catalog = best_of(2, lambda: read_catalog(fmt, path, problems, options))
+            timings[normalise] = seconds
+        results[name] = {
+            "rows": rows,
+            "file_mb": round(path.stat().st_size / 2**20, 1),
+            "products": len(catalog),
+            "seconds": round(timings[True], 2),
+            "rows_per_s": round(rows / timings[True]),
+            "seconds_without_normalisation": round(timings[False], 2),
+            "problems": len(problems),
+        }
+        path.unlink()
+        print(name, results[name], flush=True)
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_download(tmp: Path, n: int) -> dict:
+    """Images from `python -m http.server` on 127.0.0.1 (its own process), into a fresh cache per setting."""
+    from PIL import Image
+    import numpy as np
+
+    served = tmp / "served"
+    served.mkdir()
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray((rng.random((128, 128, 3)) * 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        (served / f"{i}.jpg").write_bytes(buf.getvalue())
+        total += len(buf.getvalue())
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        urls = [f"http://127.0.0.1:{port}/{i}.jpg" for i in range(n)]
+        results: dict = {"images": n, "mean_kb": round(total / n / 1024, 1), "server": "python -m http.server (one process)"}
+        download_images(urls[:1], DownloadOptions(tmp / "warmup"))  # imports and the server's first answer, untimed
+        for workers in (1, 8):
+            cache = tmp / f"cache{workers}"
+            start = time.perf_counter()
+            fetched = download_images(urls, DownloadOptions(cache, workers=workers))
+            seconds = time.perf_counter() - start
+            assert all(isinstance(v, Path) for v in fetched.values()), "every loopback download must succeed"
+            results[f"workers_{workers}"] = {"seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
+                                             "mb_per_s": round(total / 2**20 / seconds, 2)}
+        start = time.perf_counter()
+        download_images(urls, DownloadOptions(tmp / "cache8", workers=8))
+        results["resumed_all_cached_seconds"] = round(time.perf_counter() - start, 3)
+    finally:
+        server.terminate()
+        server.wait()
+    print("download", results, flush=True)
+    return results
+
+
 def machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -144,18 +319,26 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=100_000, help="rows in the synthetic JSONL")
     parser.add_argument("--synth", type=int, default=1000, help="products for generate_catalog")
     parser.add_argument("--myntra", type=Path, default=MYNTRA, help="the Kaggle Myntra folder")
+    parser.add_argument("--import-rows", type=int, default=100_000, help="rows per generated file for each import format")
+    parser.add_argument("--downloads", type=int, default=1000, help="images served by the loopback server")
+    parser.add_argument("--only", choices=["all", "import"], default="all",
+                        help="import: only the per-format import and download figures (merged into the saved JSON)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        results = {
-            "machine": machine(),
-            "settings": vars(args) | {"myntra": str(args.myntra), "repeats": 3, "timing": "best of repeats"},
-            "read_jsonl": bench_read_jsonl(tmp, args.products),
-            "generate_catalog": bench_synth(tmp, args.synth),
+        results = json.loads(RESULTS.read_text()) if args.only == "import" and RESULTS.is_file() else {}
+        results["machine"] = machine()
+        results["settings"] = vars(args) | {"myntra": str(args.myntra), "repeats": 3, "timing": "best of repeats"}
+        if args.only == "all":
+            results["read_jsonl"] = bench_read_jsonl(tmp, args.products)
+            results["generate_catalog"] = bench_synth(tmp, args.synth)
+            if args.myntra.is_dir():
+                results["myntra_import"] = bench_myntra(args.myntra, tmp)
+        results["import_per_format"] = bench_import(tmp, args.import_rows) | {
+            "note": "read_catalog, no image checks (the image files do not exist), best of 2; attributes normalised unless said"
         }
-        if args.myntra.is_dir():
-            results["myntra_import"] = bench_myntra(args.myntra, tmp)
+        results["image_download"] = bench_download(tmp, args.downloads)
     atomic_write_json(RESULTS, results)
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
     print(f"saved {RESULTS}")

@@ -137,63 +137,64 @@ def _group_names(products: Iterable[Product], aliases: Aliases) -> tuple[dict[st
     return name_of, merged
 
 
-def _merged_attributes(product: Product, name_of: dict[str, str]) -> dict[str, list[str]]:
-    """The product's values per group: two keys that merged keep both values."""
-    out: dict[str, list[str]] = {}
-    for key, value in product.attributes.items():
-        out.setdefault(name_of[key], []).extend(clean_value(v) for v in split_values(value))
-    return out
-
-
-def _split_list(group: str, value: str, singles: set[str], report: NormaliseReport) -> list[str]:
+def _split_list(value: str, singles: set[str]) -> list[str]:
     """`value` as the values it lists, when every part is a value the group has on its own."""
     parts = [p for p in _LIST_SEPARATORS.split(value) if p]
-    if len(parts) < 2 or not all(fold_value(p) in singles for p in parts):
-        return [value]
-    report.split[group] += 1
-    if len(report.split_examples) < EXAMPLES:
-        report.split_examples.append(f'{group}: "{value}" -> {join_values(parts)}')
-    return parts
+    return parts if len(parts) > 1 and all(fold_value(p) in singles for p in parts) else [value]
+
+
+def _most_frequent(spellings: Counter) -> str:
+    return min(spellings.items(), key=lambda kv: (-kv[1], kv[0].isupper(), kv[0]))[0]
 
 
 def normalise_catalog(products: list[Product], aliases: Aliases | None = None) -> NormaliseReport:
-    """Normalise the products' attributes in place (see the module doc) and say what changed."""
+    """Normalise the products' attributes in place (see the module doc) and say what changed.
+
+    The work is done once per distinct (group, value) pair, weighted by how often it occurs, so a
+    large catalog with few distinct values costs little more than a pass over its attributes."""
     aliases = aliases or Aliases()
     report = NormaliseReport()
     name_of, report.merged_keys = _group_names(products, aliases)
-    grouped = [_merged_attributes(p, name_of) for p in products]
+    pairs = [[(name_of[key], value) for key, value in p.attributes.items()] for p in products]
+    uses = Counter(pair for product_pairs in pairs for pair in product_pairs)
 
-    value_alias = {g: aliases.values.get(fold_key(g), {}) for g in report.merged_keys}
-    for attrs in grouped:
-        for group, values in attrs.items():
-            aliased = [value_alias[group].get(fold_value(v), v) for v in values]
-            report.aliased[group] += sum(a != v for a, v in zip(aliased, values))
-            attrs[group] = [part for v in aliased for part in split_values(v)]
+    parts: dict[tuple[str, str], list[str]] = {}
+    for (group, value), n in uses.items():
+        alias = aliases.values.get(fold_key(group), {})
+        cleaned = [clean_value(v) for v in split_values(value)]
+        aliased = [alias.get(fold_value(v), v) for v in cleaned]
+        report.aliased[group] += n * sum(a != v for a, v in zip(aliased, cleaned))
+        parts[group, value] = [part for v in aliased for part in split_values(v)]
     report.aliased = +report.aliased
 
     singles: dict[str, set[str]] = defaultdict(set)  # values a group has alone, folded
-    for attrs in grouped:
-        for group, values in attrs.items():
-            singles[group].update(fold_value(v) for v in values if not _LIST_SEPARATORS.search(v))
+    for (group, _), values in parts.items():
+        singles[group].update(fold_value(v) for v in values if not _LIST_SEPARATORS.search(v))
     spellings: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
-    for attrs in grouped:
-        for group, values in attrs.items():
-            attrs[group] = [part for v in values for part in _split_list(group, v, singles[group], report)]
-            for v in attrs[group]:
-                spellings[group][fold_value(v)][v] += 1
+    for (group, value), values in parts.items():
+        listed = []
+        for v in values:
+            split = _split_list(v, singles[group])
+            if len(split) > 1:
+                report.split[group] += uses[group, value]
+                if len(report.split_examples) < EXAMPLES:
+                    report.split_examples.append(f'{group}: "{v}" -> {join_values(split)}')
+            listed += split
+        parts[group, value] = listed
+        for v in listed:
+            spellings[group][fold_value(v)][v] += uses[group, value]
 
-    kept = {
-        group: {folded: min(c.items(), key=lambda kv: (-kv[1], kv[0].isupper(), kv[0]))[0] for folded, c in by_value.items()}
-        for group, by_value in spellings.items()
-    }
+    kept = {group: {f: _most_frequent(c) for f, c in by_value.items()} for group, by_value in spellings.items()}
     for group, by_value in spellings.items():
         changed = {s: kept[group][f] for f, c in by_value.items() for s in c if s != kept[group][f]}
         if changed:
             report.case_merged[group] = changed
-    for product, attrs in zip(products, grouped):
+    final = {(group, value): [kept[group][fold_value(v)] for v in values] for (group, value), values in parts.items()}
+    for product, product_pairs in zip(products, pairs):
+        merged: dict[str, list[str]] = {}
+        for pair in product_pairs:
+            merged.setdefault(pair[0], []).extend(final[pair])
         product.attributes = {
-            group: joined
-            for group, values in attrs.items()
-            if (joined := join_values(kept[group][fold_value(v)] for v in values))
+            group: values[0] if len(values) == 1 else join_values(values) for group, values in merged.items() if values
         }
     return report

@@ -29,13 +29,15 @@ class _HtmlText(HTMLParser):
         self.hidden = 0
 
     def handle_starttag(self, tag, attrs) -> None:
-        self.hidden += tag in self.HIDDEN
-        if tag in self.BLOCKS:
-            self.parts.append(" ")
+        if tag in self.HIDDEN:
+            self.hidden += 1
+        elif tag in self.BLOCKS:
+            self.parts.append(" ")  # block elements separate words: "<p>a</p><p>b</p>" is "a b"
 
     def handle_endtag(self, tag) -> None:
-        self.hidden -= tag in self.HIDDEN and self.hidden > 0
-        if tag in self.BLOCKS:
+        if tag in self.HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self.BLOCKS:
             self.parts.append(" ")
 
     def handle_data(self, data) -> None:
