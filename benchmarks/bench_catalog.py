@@ -327,18 +327,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        results = json.loads(RESULTS.read_text()) if args.only == "import" and RESULTS.is_file() else {}
-        results["machine"] = machine()
-        results["settings"] = vars(args) | {"myntra": str(args.myntra), "repeats": 3, "timing": "best of repeats"}
-        if args.only == "all":
-            results["read_jsonl"] = bench_read_jsonl(tmp, args.products)
-            results["generate_catalog"] = bench_synth(tmp, args.synth)
+        if args.only == "import" and RESULTS.is_file():  # keep the other sections and the machine they ran on
+            results = json.loads(RESULTS.read_text())
+        else:
+            results = {
+                "machine": machine(),
+                "settings": vars(args) | {"myntra": str(args.myntra), "repeats": 3, "timing": "best of repeats"},
+                "read_jsonl": bench_read_jsonl(tmp, args.products),
+                "generate_catalog": bench_synth(tmp, args.synth),
+            }
             if args.myntra.is_dir():
                 results["myntra_import"] = bench_myntra(args.myntra, tmp)
-        results["import_per_format"] = bench_import(tmp, args.import_rows) | {
-            "note": "read_catalog, no image checks (the image files do not exist), best of 2; attributes normalised unless said"
-        }
-        results["image_download"] = bench_download(tmp, args.downloads)
+        results["import_per_format"] = {
+            "machine": machine(),
+            "note": "read_catalog, no image checks (the image files do not exist), best of 2; attributes normalised unless said",
+        } | bench_import(tmp, args.import_rows)
+        results["image_download"] = {"machine": machine()} | bench_download(tmp, args.downloads)
     atomic_write_json(RESULTS, results)
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
     print(f"saved {RESULTS}")
