@@ -104,10 +104,11 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
 
 
 def index_and_search(run_dir: Path, index_dir: Path) -> dict[str, dict]:
-    """Build the search index of the run's catalog and answer the example queries."""
+    """Build the search index of the run's catalog and answer the example queries (hybrid:
+    the model's vectors and BM25, fused; each hit says which side found it)."""
     from catalogclip.search.build import BuildOptions, index_run
     from catalogclip.search.engine import open_engine
 
     index_run(run_dir, index_dir, options=BuildOptions(progress=False))
     engine = open_engine(index_dir, run_dir)
-    return {query: engine.search_text(query, k=5).to_json() for query in EXAMPLE_QUERIES}
+    return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}

@@ -147,7 +147,7 @@ def test_add_delete_and_compaction_persist(tmp_path, catalog):
     engine = SearchEngine(reopened, encoder)
     assert set(ids(engine.search_text("red", k=2).hits)) == {"n1", "n2"}
     assert len(reopened) == 12 and reopened.info["generation"] == 2
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite", "vectors-2.faiss"]
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["lexical-2", "meta.sqlite", "vectors-2.faiss"]
     # deleting most products compacts the vector file: tombstones are gone, answers unchanged
     ntotal = reopened.vectors.ntotal
     reopened.delete([p.id for p in catalog if p.id not in ("p01", "p07")])
@@ -237,11 +237,13 @@ def test_entities_are_recognised_and_fed_to_the_encoder(tmp_path, catalog):
     index = build_index(PaletteEncoder(), catalog, tmp_path / "idx", QUIET)
     encoder = PaletteEncoder(vocabs={"brand": ["Puma", "Diesel"], "colour": ["Black", "Red"]})
     result = SearchEngine(index, encoder).search_text("Black PUMA running shoes", k=2)
-    assert {m.group: m.value for m in result.entities} == {"colour": "Black", "brand": "Puma"}
+    # the index's own category names are recognised too, but only the run's groups reach its encoder
+    assert {m.group: m.value for m in result.entities} == {"colour": "Black", "brand": "Puma", "category": "Shoes"}
     assert encoder.text_calls[-1] == (["Black PUMA running shoes"], [{"colour": "Black", "brand": "Puma"}])
     assert {colour_of(h) for h in result.hits} == {"black"}
     body = result.to_json()
-    assert body["entities"][0] == {"group": "colour", "value": "Black", "text": "Black", "start": 0, "end": 5}
+    assert body["entities"][0] == {"group": "colour", "value": "Black", "text": "Black", "start": 0, "end": 5, "filter": {"colour": ["Black"]}}
+    assert body["entities"][2]["filter"] == {"category": ["Footwear > Shoes"]}
     # a non-EI-CLIP encoder gets no entities at all
     plain = PaletteEncoder()
     SearchEngine(index, plain).search_text("black puma")
@@ -324,12 +326,20 @@ def test_cli_index_update_and_search_with_a_trained_run(tmp_path):
     assert found.exit_code == 0, found.output
     body = json.loads(found.output)
     assert len(body["results"]) == 2 and {r["id"] for r in body["results"]} == {"p00", "p03"}
+    lexical = cli("search", "--index", tmp_path / "idx", "Diesel jeans", "--mode", "lexical", "--strict", "--json")
+    assert lexical.exit_code == 0, lexical.output
+    hits = json.loads(lexical.output)["results"]
+    assert {h["id"] for h in hits} == {"p05", "p11"} and all(set(h["sides"]) == {"lexical"} for h in hits)
+    table = cli("search", "--index", tmp_path / "idx", "red shoes", "-k", 2)
+    assert table.exit_code == 0 and "vector#" in table.output and "lexical#" in table.output, table.output
     table = cli("search", "--index", tmp_path / "idx", "--similar", "p00", "-k", 2)
     assert table.exit_code == 0 and "2 results in" in table.output
 
     for args, message in [
         (("search", "--index", tmp_path / "idx", "red", "-f", "size=M"), "unknown filter field 'size'"),
         (("search", "--index", tmp_path / "idx"), "give exactly one query"),
+        (("search", "--index", tmp_path / "idx", "red", "--mode", "semantic"), "unknown search mode 'semantic'"),
+        (("index", "--run", tmp_path / "run", "--out", tmp_path / "idx2", "--field-weights", "title=two"), "is not FIELD=WHOLE_NUMBER"),
         (("search", "--index", tmp_path / "idx", "--image", catalog), "not a readable image"),
         (("search", "--index", tmp_path / "nowhere", "red"), "not a search index"),
     ]:

@@ -84,7 +84,11 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_one(tmp_path, shop)
         idx / f".vectors-{generation + 1}.faiss.k2j3h4.tmp",  # killed while saving vectors
         idx / f"vectors-{generation + 7}.faiss",  # killed between the vector file and the metadata commit
     ]
-    folders = [tmp_path / ".idx.abcd1234.tmp", tmp_path / ".idx.old-4242"]  # killed mid-build, mid-swap
+    folders = [
+        tmp_path / ".idx.abcd1234.tmp", tmp_path / ".idx.old-4242",  # killed mid-build, mid-swap
+        idx / f".lexical-{generation + 1}.x8k2_q1.tmp",  # killed while saving the lexical side
+        idx / f"lexical-{generation + 7}",  # killed between the lexical folder and the metadata commit
+    ]
     for path in files:
         path.write_bytes(b"x")
     for path in folders:

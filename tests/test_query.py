@@ -37,7 +37,29 @@ def test_linker_ignores_punctuation_accents_and_partial_words():
     linker = EntityLinker(VOCABS)
     assert linker.entities("creme-de-la-CREME lipstick")[0] == {"brand": "Crème de la Crème"}
     assert linker.entities("Tommy, Hilfiger!")[0] == {"brand": "Tommy Hilfiger"}
-    assert linker.entities("pumas blackish bluetooth")[0] == {}
+    assert linker.entities("pum blackish bluetooth")[0] == {}
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["t shirt", "T-Shirt", "tshirt", "TSHIRTS", "t-shirts", "t‐shirt"],
+)
+def test_linker_tolerates_how_shoppers_write_a_word(typed):
+    linker = EntityLinker({"category": ["Tshirts"], "gender": ["Baby Girl's"], "brand": ["Levi's", "Puma"]})
+    assert linker.entities(f"{typed} for baby girls by levis")[0] == {"category": "Tshirts", "gender": "Baby Girl's", "brand": "Levi's"}
+    assert linker.entities("pumas")[0] == {"brand": "Puma"}  # a plural is the same word
+
+
+def test_normalised_words_keep_the_offsets_of_what_was_typed():
+    from catalogclip.search.text import compounds, key, tokens
+
+    text = "A red T-Shirt for Girl's, a-line"
+    assert [(t.text, text[t.start : t.end]) for t in tokens(text)] == [
+        ("a", "A"), ("red", "red"), ("tshirt", "T-Shirt"), ("for", "for"), ("girl", "Girl"), ("alin", "a-line"),
+    ]
+    assert key("t shirt") == key("T-SHIRTS") == key("tshirt") == ("tshirt",)
+    assert key("a red shirt") == ("a", "red", "shirt")  # the article stays a word of its own
+    assert compounds("anti-slip mat, x-ray") == ["antislip", "xray"]
 
 
 def test_linker_keeps_first_value_per_group_and_every_match():

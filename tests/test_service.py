@@ -43,7 +43,7 @@ def test_text_search_returns_products_and_recognised_entities(client):
     assert response.status_code == 200
     body = response.json()
     assert colours(body) == ["Black", "Black"]
-    assert [(e["group"], e["value"]) for e in body["entities"]] == [("colour", "Black"), ("brand", "Puma")]
+    assert [(e["group"], e["value"]) for e in body["entities"]] == [("colour", "Black"), ("brand", "Puma"), ("category", "Shoes")]
     first = body["results"][0]
     assert first["image_url"] == f"/products/{first['id']}/images/0" and first["score"] > 0
 
@@ -77,6 +77,8 @@ def _json_text(text: str) -> dict:
         (("post", "/search", {"json": {"q": "red", "filters": {"fabric": "silk"}}}), 400, "unknown filter field 'fabric' (known: brand, category, colour, price)"),
         (("post", "/search", {"json": {"q": "red", "filters": {"brand": {"min": 1}}}}), 400, "non-numeric values"),
         (("post", "/search", {"json": {"q": "red", "filters": {"price": {"min": "a"}}}}), 400, "'price.min' must be a number"),
+        (("get", "/search", {"params": {"q": "red", "mode": "semantic"}}), 422, "mode: Input should be 'vector', 'lexical' or 'hybrid'"),
+        (("post", "/search", {"json": {"q": "red", "mode": "bm25"}}), 422, "mode: Input should be 'vector', 'lexical' or 'hybrid'"),
         (("get", "/products/nope", {}), 404, "no product 'nope'"),
         (("get", "/products/nope/similar", {}), 404, "no product 'nope'"),
         (("get", "/products/p00/images/7", {}), 404, "has no image 7"),
@@ -116,6 +118,23 @@ def test_bad_input_gets_a_4xx_with_a_message(client, request_args, status, messa
     assert message in body["detail"]
     assert status != 422 or body["errors"][0]["msg"] in body["detail"]
     assert client.get("/search", params={"q": "red"}).status_code == 200  # and it keeps serving
+
+
+def test_search_modes_say_which_side_found_each_hit(client):
+    found = {}
+    for mode in ("vector", "lexical", "hybrid"):
+        body = client.get("/search", params={"q": "diesel shirts", "k": 12, "mode": mode}).json()
+        assert body["query"]["mode"] == mode
+        found[mode] = {r["id"]: r["sides"] for r in body["results"]}
+    assert all(set(sides) == {"vector"} for sides in found["vector"].values())
+    # lexical: only products sharing a word with the query, with their BM25 score and rank
+    assert set(found["lexical"]) == {f"p{i:02d}" for i in range(12) if i % 2 or i % 3 == 1}
+    assert all(set(sides) == {"lexical"} and sides["lexical"]["score"] > 0 for sides in found["lexical"].values())
+    for pid, sides in found["hybrid"].items():
+        assert set(sides) == {"vector"} | ({"lexical"} if pid in found["lexical"] else set())
+        assert sides["vector"] == found["vector"][pid]["vector"]
+    strict = client.post("/search", json={"q": "diesel shirts", "k": 12, "mode": "lexical", "strict": True}).json()
+    assert sorted(r["id"] for r in strict["results"]) == ["p01", "p07"] and strict["query"]["strict"] is True
 
 
 def test_image_search_by_upload(client):

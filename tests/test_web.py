@@ -113,7 +113,7 @@ def test_search_filter_and_upload_in_the_browser(server, browser, tmp_path):
     browser.wait_for("document.querySelectorAll('#results .card').length === 12")
     assert browser.js(CARD_TEXTS)[:2] == ["Puma · Black", "Puma · Black"]
     chips = browser.js("[...document.querySelectorAll('#entities .chip')].map(c => c.textContent)")
-    assert chips == ["colour Black", "brand Puma"]
+    assert chips == ["colour Black", "brand Puma", "category Shoes"]
     assert "for “black puma shoes”" in browser.js("document.getElementById('status').textContent")
 
     # apply a facet filter: only Diesel products remain
@@ -140,3 +140,46 @@ def test_search_filter_and_upload_in_the_browser(server, browser, tmp_path):
 
     shot = browser.send("Page.captureScreenshot", format="png")["data"]
     assert len(shot) > 1000
+
+
+SIDES = "[...document.querySelectorAll('#results .card')].map(c => [...c.querySelectorAll('.side')].map(s => s.dataset.side).join('+'))"
+CHECKED_MODE = "document.querySelector('#mode input:checked').value"
+
+
+def test_the_url_holds_the_search_state(server, browser):
+    from urllib.parse import urlencode
+
+    browser.send("Page.enable")
+    link = "/?" + urlencode({"q": "red shoes", "mode": "lexical", "filters": json.dumps({"brand": ["Puma"]})})
+    browser.send("Page.navigate", url=server + link)
+    # a shared link restores the query, the mode and the filters, and runs the search
+    browser.wait_for(f"{SIDES}.length === 2")
+    assert browser.js("document.getElementById('q').value") == "red shoes"
+    assert browser.js(CHECKED_MODE) == "lexical"
+    assert browser.js("document.querySelector('#facets input[data-field=brand][value=Puma]').checked") is True
+    assert browser.js(SIDES) == ["lexical", "lexical"] and browser.js(CARD_TEXTS) == ["Puma · Red"] * 2
+
+    # switching the mode searches again and the URL follows
+    browser.js("document.querySelector('#mode input[value=vector]').click()")
+    browser.wait_for("new URLSearchParams(location.search).get('mode') === 'vector'")
+    browser.wait_for(f"{SIDES}.length === 6 && {SIDES}.every(s => s === 'vector')")  # every Puma product
+    params = browser.js("Object.fromEntries(new URLSearchParams(location.search))")
+    assert params == {"q": "red shoes", "mode": "vector", "filters": '{"brand":["Puma"]}'}
+
+    # a reload keeps it; going back returns to the lexical search
+    browser.send("Page.reload")
+    browser.wait_for(f"{SIDES}.length === 6 && {CHECKED_MODE} === 'vector'")
+    browser.js("history.back()")
+    browser.wait_for(f"{CHECKED_MODE} === 'lexical' && {SIDES}.length === 2")
+    assert browser.js("location.search").count("mode=lexical") == 1
+
+    # hybrid hits say which side(s) found them; a category click is a link too
+    browser.js("document.querySelector('#mode input[value=hybrid]').click()")
+    browser.wait_for(f"{SIDES}.length === 6 && {SIDES}.filter(s => s === 'vector+lexical').length === 2")
+    # a recognised category is a chip that filters to its subtree
+    browser.js("document.querySelector('#entities .chip[data-group=category]').click()")
+    browser.wait_for("JSON.parse(new URLSearchParams(location.search).get('filters')).category?.[0] === 'Footwear > Shoes'")
+    browser.wait_for(f"{SIDES}.length === 2")
+    browser.js("document.querySelector('#tree .node[data-path=\"Footwear\"]').click()")
+    browser.wait_for("new URLSearchParams(location.search).get('category') === 'Footwear'")
+    assert "q=" not in browser.js("location.search")

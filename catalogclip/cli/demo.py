@@ -25,7 +25,7 @@ def demo(
         result = run_demo(DemoConfig(out=out, products=products, backbone=backbone, epochs=epochs), say=typer.echo)
         for query, found in result.searches.items():
             entities = ", ".join(f"{m['group']}={m['value']}" for m in found["entities"]) or "none"
-            top = "; ".join(r["product"]["title"] for r in found["results"][:3])
+            top = "; ".join(f"{r['product']['title']} [{' + '.join(r['sides'])}]" for r in found["results"][:3])
             typer.echo(f"search '{query}' (entities: {entities}) -> {top}")
         typer.echo(f"report: {result.report_html}")
         typer.echo(f"serve the search page: catalogclip serve --index {result.index}")

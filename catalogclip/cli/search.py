@@ -26,6 +26,9 @@ def index(
     nlist: int = typer.Option(0, help="ivf: number of lists (0: about 4 sqrt(n))."),
     nprobe: int = typer.Option(0, help="ivf: lists searched per query (0: nlist / 32, at least 8)."),
     ef_search: int = typer.Option(128, help="hnsw: search breadth."),
+    field_weights: Optional[str] = typer.Option(
+        None, help="BM25 text fields and weights, e.g. title=2,attributes=1,category=1,description=1 (a field counts that often; unnamed: 0)."
+    ),
     device: str = typer.Option("cpu"),
     problems_file: Optional[Path] = typer.Option(None, "--problems", help="Write every problem met to this file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -39,11 +42,16 @@ def index(
     with user_errors():
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.search.build import BuildOptions, index_run
+        from catalogclip.search.lexical import LexicalParams, parse_weights
         from catalogclip.search.lock import IndexLockedError
         from catalogclip.search.vectors import VectorParams
 
         problems = ProblemLog()
-        options = BuildOptions(kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), batch_size=batch_size, progress=progress, wait=wait)
+        lexical = LexicalParams(parse_weights(field_weights)) if field_weights else None
+        options = BuildOptions(
+            kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), lexical=lexical, batch_size=batch_size,
+            progress=progress, wait=wait,
+        )
         try:
             built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)
         except IndexLockedError as exc:
@@ -70,6 +78,8 @@ def search(
     similar: Optional[str] = typer.Option(None, help="Products similar to this product id."),
     filters: List[str] = typer.Option([], "--filter", "-f", help="FIELD=VALUE, FIELD=A,B, FIELD=MIN..MAX or category=PATH; repeatable."),
     k: int = typer.Option(10, "-k", help="Number of products."),
+    mode: str = typer.Option("hybrid", help="Text queries: vector (the model) | lexical (BM25) | hybrid (both, fused)."),
+    strict: bool = typer.Option(False, "--strict", help="Text queries: recognised entities (brand, colour, category ...) become filters."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
     device: str = typer.Option("cpu"),
@@ -83,9 +93,9 @@ def search(
         if len(given) != 1:
             raise UserError("give exactly one query: TEXT, --image, --category or --similar")
         parsed = parse_filter_args(filters)
-        engine = open_engine(index_path, run, device, need_model=similar is None)
+        engine = open_engine(index_path, run, device, need_model=similar is None and mode != "lexical")
         if text is not None:
-            result = engine.search_text(text, k, parsed)
+            result = engine.search_text(text, k, parsed, mode, strict)
         elif image is not None:
             result = engine.search_image(_open_image(image), k, parsed)
         elif category is not None:
@@ -118,11 +128,12 @@ def _print_table(result) -> None:
     if result.entities:
         console.print("recognised: " + ", ".join(f"{m.group}={m.value}" for m in result.entities))
     table = Table(show_edge=False, header_style="bold")
-    for column in ("#", "id", "score", "title", "category", "attributes"):
+    for column in ("#", "id", "score", "found by", "title", "category", "attributes"):
         table.add_column(column, justify="right" if column in ("#", "score") else "left", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
         attributes = " · ".join(list(hit.product.attributes.values())[:4])
-        table.add_row(str(rank), hit.product.id, f"{hit.score:.4f}", hit.product.title, hit.product.category(), attributes)
+        found_by = " ".join(f"{side}#{info['rank']}" for side, info in hit.sides.items())
+        table.add_row(str(rank), hit.product.id, f"{hit.score:.4f}", found_by, hit.product.title, hit.product.category(), attributes)
     console.print(table)
     console.print(f"{len(result.hits)} results in {result.took_ms:.1f} ms")
 

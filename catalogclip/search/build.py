@@ -24,6 +24,7 @@ from catalogclip.embeddings import Encoder
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.search.backend import Connection, VectorParams
 from catalogclip.search.index import ProductIndex, check_replaceable
+from catalogclip.search.lexical import LexicalParams
 from catalogclip.search.lock import index_writer
 from catalogclip.train.data import load_rgb
 
@@ -135,6 +136,7 @@ def _searchable(catalog: Catalog, refs: list[tuple[int, int]], problems: Problem
 class BuildOptions:
     kind: str = "auto"
     params: VectorParams | None = None
+    lexical: LexicalParams | None = None  # BM25 field weights (an update keeps the index's own)
     batch_size: int = 32
     progress: bool = True
     run: str | None = None
@@ -163,7 +165,7 @@ def _build_index(encoder: Encoder, catalog: Catalog, out: str | Path, options: B
     index = ProductIndex.build(
         out, products, vectors, refs,
         model_id=encoder.model_id, catalog_root=catalog.root, image_roots=catalog.image_roots, run=options.run,
-        config=options.config, kind=options.kind, params=options.params, connection=options.connection,
+        config=options.config, kind=options.kind, params=options.params, connection=options.connection, lexical=options.lexical,
     )
     shutil.rmtree(work, ignore_errors=True)
     return index

@@ -2,6 +2,12 @@
 
 `SearchEngine` is what the CLI `search` command and the service share. It talks to the model
 only through the `Encoder` protocol (catalogclip/embeddings.py).
+
+A text query runs in one of three modes: ``vector`` (the model's embedding of the text against
+the image vectors), ``lexical`` (BM25 over product text) or ``hybrid`` (both, fused as the
+index's `FusionConfig` says; the default). Recognised entities (brand, colour, category words
+...) boost the products that carry them in every mode, or with ``strict`` become filters. Every
+hit says which side found it, at which rank and with which score.
 """
 from __future__ import annotations
 
@@ -11,16 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from catalogclip.search.index import Hit, IncompatibleModelError, ProductIndex
+from catalogclip.search.fusion import MODES, FusionConfig, boosted, fuse
+from catalogclip.search.index import Found, Hit, IncompatibleModelError, ProductIndex
 from catalogclip.search.query import (
+    CATEGORY_FIELD,
+    CATEGORY_SEP,
     EntityLinker,
     EntityMatch,
+    Filter,
     QueryError,
     check_clean,
     filter_mapping,
     normalise_category,
     vocab_values,
 )
+from catalogclip.search.text import key
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,11 +49,14 @@ class SearchResult:
     query: dict
     entities: list[EntityMatch] = field(default_factory=list)
     took_ms: float = 0.0
+    #: per entity, the filter that selects the products carrying it (None: no product field holds it)
+    entity_filters: list[dict | None] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        filters = self.entity_filters or [None] * len(self.entities)
         return {
             "query": self.query,
-            "entities": [m.to_json() for m in self.entities],
+            "entities": [{**m.to_json(), "filter": f} for m, f in zip(self.entities, filters)],
             "took_ms": round(self.took_ms, 2),
             "results": [hit.to_json() for hit in self.hits],
         }
@@ -65,34 +79,141 @@ def check_k(k: int) -> int:
     return k
 
 
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise QueryError(f"unknown search mode '{mode}' (known: {', '.join(MODES)})")
+    return mode
+
+
+@dataclass
+class Candidates:
+    """What each side found for a text query, before fusion (products not loaded yet)."""
+
+    sides: dict[str, list[Found]]  # side -> (product row, score, vector id), best first
+    entities: list[EntityMatch]
+    share: dict[int, float]  # product row -> fraction of the recognised entity groups it carries
+
+
+@dataclass
+class Ranked:
+    row: int
+    score: float
+    vid: int | None  # the best-matching image's vector, if the vector side found the product
+    sides: dict[str, dict]  # side -> {"score", "rank"}
+
+
+def rank(candidates: Candidates, config: FusionConfig, k: int) -> list[Ranked]:
+    """The top k of the fused, entity-boosted candidates, with the sides that found each."""
+    found = {side: {row: (r, score, vid) for r, (row, score, vid) in enumerate(rows, start=1)} for side, rows in candidates.sides.items()}
+    ranking = fuse({side: [(row, score) for row, score, _ in rows] for side, rows in candidates.sides.items()}, config)
+    out = []
+    for row, score in boosted(ranking, candidates.share, config.boost)[:k]:
+        seen = {side: found[side][row] for side in found if row in found[side]}
+        vid = seen["vector"][2] if "vector" in seen else None
+        out.append(Ranked(row, score, vid, {side: {"score": round(s, 6), "rank": r} for side, (r, s, _) in seen.items()}))
+    return out
+
+
+def _is_category(group: str) -> bool:
+    return group == CATEGORY_FIELD or group.startswith(f"{CATEGORY_FIELD}:")
+
+
 class SearchEngine:
-    def __init__(self, index: ProductIndex, encoder: "Encoder") -> None:
+    def __init__(self, index: ProductIndex, encoder: "Encoder", fusion: FusionConfig | None = None) -> None:
         self.index = index
         self.encoder = encoder
+        #: how hybrid queries fuse (default: what the index stores, e.g. tuned on judged queries)
+        self.fusion = fusion or FusionConfig(**(index.info.get("fusion") or {}))
         try:
             index.check_model(encoder.model_id, encoder.dim)
             #: why queries from this encoder cannot search this index (None: they can)
             self.incompatible: str | None = None
         except IncompatibleModelError as exc:
             self.incompatible = str(exc)
-        self.linker = EntityLinker(vocab_values(encoder.vocabs)) if encoder.vocabs is not None else None
+        #: the run's entity groups (EI-CLIP: its entity encoders take them), None for other runs
+        self.run_vocabs = vocab_values(encoder.vocabs) if encoder.vocabs is not None else None
+        vocabs = {group: list(values) for group, values in index.vocabulary().items()}
+        for group, values in (self.run_vocabs or {}).items():
+            vocabs[group] = list(dict.fromkeys(vocabs.get(group, []) + values))
+        self.linker = EntityLinker(vocabs)
 
     def _check_model(self) -> None:
         if self.incompatible is not None:
             raise IncompatibleModelError(self.incompatible)
 
     def understand(self, text: str) -> tuple[dict[str, str], list[EntityMatch]]:
-        """Entities recognised in the text (EI-CLIP runs only; others recognise nothing)."""
-        return self.linker.entities(text) if self.linker is not None else ({}, [])
+        """Entities recognised in the text: the run's entity values and the index's own."""
+        return self.linker.entities(text)
 
-    def search_text(self, text: str, k: int = 10, filters: Mapping | None = None) -> SearchResult:
+    def search_text(self, text: str, k: int = 10, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False) -> SearchResult:
         start = time.perf_counter()
-        text, k, clauses = check_text(text), check_k(k), self.index.parse_filters(filters)
-        self._check_model()
+        text, k = check_text(text), check_k(k)
+        candidates = self.candidates(text, k, filters, mode, strict)
+        ranked = rank(candidates, self.fusion, k)
+        hits = self.index.hits([(r.row, r.score, r.vid) for r in ranked])
+        for hit, r in zip(hits, ranked):
+            hit.sides = r.sides
+        query = {"text": text, "filters": dict(filters or {}), "mode": mode, "strict": strict}
+        entity_filters = [self.entity_filter(m) for m in candidates.entities]
+        return SearchResult(hits, query, candidates.entities, _ms(start), entity_filters)
+
+    def entity_filter(self, match: EntityMatch) -> dict | None:
+        """The filter (as the API takes it) selecting the products that carry a recognised entity."""
+        clauses = self._entity_filters(self._entity_keys([match]))
+        return {clauses[0].field: list(clauses[0].values)} if clauses else None
+
+    def candidates(self, text: str, k: int, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False) -> Candidates:
+        """Each side's candidates for a text query (at least k, `fusion.depth` where they get fused
+        or boosted) and the products' share of the recognised entities."""
+        mode, clauses = check_mode(mode), self.index.parse_filters(filters)
         entities, matches = self.understand(text)
-        vector = self.encoder.encode_texts([text], [entities] if self.linker is not None else None)[0]
-        hits = self.index.search(vector, k, clauses)
-        return SearchResult(hits, {"text": text, "filters": dict(filters or {})}, matches, _ms(start))
+        entity_clauses = self._entity_filters(self._entity_keys(matches))
+        if strict:
+            clauses += entity_clauses
+        depth = max(k, self.fusion.depth) if mode == "hybrid" or (entity_clauses and self.fusion.boost) else k
+        sides: dict[str, list[Found]] = {}
+        if mode != "lexical":
+            self._check_model()
+            run_entities = None if self.run_vocabs is None else {g: v for g, v in entities.items() if g in self.run_vocabs}
+            vector = self.encoder.encode_texts([text], None if run_entities is None else [run_entities])[0]
+            sides["vector"] = self.index.search_rows_many(vector[None], depth, clauses)[0]
+        if mode != "vector":
+            sides["lexical"] = self.index.search_lexical_rows(text, depth, clauses)
+        rows = list({row for found in sides.values() for row, _, _ in found})
+        return Candidates(sides, matches, self._shares(rows, entity_clauses))
+
+    def _entity_keys(self, matches: list[EntityMatch]) -> dict[str, set[tuple[str, ...]]]:
+        """Recognised values per entity group that products can carry (attributes, category levels)."""
+        fields = self.index.vocabulary()
+        groups: dict[str, set[tuple[str, ...]]] = {}
+        for match in matches:
+            if match.group in fields or _is_category(match.group):
+                groups.setdefault(match.group, set()).add(key(match.value))
+        return groups
+
+    def _shares(self, rows: list[int], entity_clauses: list[Filter]) -> dict[int, float]:
+        """Each row's fraction of the recognised entity groups (one clause each) it carries."""
+        if not entity_clauses or not rows:
+            return {}
+        counts = dict.fromkeys(rows, 0)
+        for clause in entity_clauses:
+            for row in self.index.store.rows_matching(clause, among=rows).tolist():
+                counts[row] += 1
+        return {row: n / len(entity_clauses) for row, n in counts.items()}
+
+    def _entity_filters(self, groups: dict[str, set[tuple[str, ...]]]) -> list[Filter]:
+        """One filter clause per recognised entity group (values of one group: any of them): what
+        `strict` applies and what the boost counts."""
+        vocabulary = self.index.vocabulary()
+        clauses = []
+        for group, values in groups.items():
+            if _is_category(group):
+                level = group.partition(":")[2]
+                paths = [p for p in self.index.category_paths() if _path_matches(p.split(CATEGORY_SEP), level, values)]
+                clauses.append(Filter(CATEGORY_FIELD, tuple(paths) or ("",)))  # "": no category, nothing matches
+            else:
+                clauses.append(Filter(group, tuple(v for v in vocabulary[group] if key(v) in values)))
+        return clauses
 
     def search_image(self, image: "Image.Image", k: int = 10, filters: Mapping | None = None) -> SearchResult:
         start = time.perf_counter()
@@ -122,6 +243,14 @@ class SearchEngine:
         vector = self.index.product_vector(product_id)
         hits = self.index.search(vector, k, clauses, exclude=product_id)
         return SearchResult(hits, {"similar_to": product_id, "filters": dict(filters or {})}, [], _ms(start))
+
+
+def _path_matches(names: list[str], level: str, values: set[tuple[str, ...]]) -> bool:
+    """Whether a category node (its path `names`) is named by a value at `level` ("" any level,
+    a number, or "leaf"): its subtree is what the value means."""
+    if level.isdigit() and len(names) != int(level) + 1:
+        return False
+    return key(names[-1]) in values
 
 
 def _ms(start: float) -> float:

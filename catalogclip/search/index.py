@@ -4,11 +4,13 @@ On disk an index is a folder::
 
     IDX/meta.sqlite          products, vector ids, filter tables, info (model, run, config, backend, kind)
     IDX/vectors-<gen>.faiss  with the faiss backend: the vectors; <gen> is the generation in meta.sqlite
+    IDX/lexical-<gen>/       BM25 over the products' text (catalogclip/search/lexical.py)
 
 The vectors live in the backend recorded in the index (backend.py: ``faiss`` beside the metadata,
 or a ``milvus`` collection). Every image of a product is one vector; a product scores as its
 best-matching image. A build is written to a temporary folder (and a new collection) and swapped
-in whole; an update (add / delete products) makes the backend's new state durable, then commits
+in whole; an update (add / delete products) makes the backend's new state and the lexical folder
+durable, then commits
 the metadata that names it in one SQLite transaction, so a crash leaves the previous state
 readable. The index records the model that made its vectors and refuses queries from any other.
 """
@@ -18,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,10 +29,11 @@ import numpy as np
 from catalogclip.catalog.paths import ImageRoots, OutsideRootError
 from catalogclip.catalog.schema import Product
 from catalogclip.search.backend import EXACT_KINDS, Connection, Selection, VectorParams, VectorStore, backend, choose_kind
-from catalogclip.search.query import CATEGORY_SEP, Filter, QueryError, parse_filters
+from catalogclip.search.lexical import LexicalIndex, LexicalParams, lexical_folder
+from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, QueryError, parse_filters
 from catalogclip.search.store import MetadataStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a lexical (BM25) side
 META_FILE = "meta.sqlite"
 
 
@@ -43,9 +46,15 @@ class Hit:
     product: Product
     score: float
     image: int  # which of the product's images matched best
+    #: per retrieval side that found it ("vector", "lexical"): {"score": ..., "rank": ...}
+    sides: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"id": self.product.id, "score": round(self.score, 6), "image": self.image, "product": self.product.to_json()}
+        return {"id": self.product.id, "score": round(self.score, 6), "image": self.image, "sides": self.sides, "product": self.product.to_json()}
+
+
+#: a search result before its product is loaded: (product row, score, vector id or None)
+Found = tuple[int, float, "int | None"]
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -55,10 +64,14 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class ProductIndex:
-    def __init__(self, path: Path, store: MetadataStore, vectors: VectorStore, catalog_root: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, store: MetadataStore, vectors: VectorStore, catalog_root: Path | None = None, lexical: LexicalIndex | None = None
+    ) -> None:
         self.path = path
         self.store = store
         self.vectors = vectors
+        self.lexical = lexical
+        self._lexical_stale = lexical is None  # rebuilt from the store at the next commit
         self.info = store.info()
         self._root_override = catalog_root
         self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
@@ -84,7 +97,8 @@ class ProductIndex:
             store.close()
             raise ValueError(f"{path} keeps its vectors in {name}, not {connection.backend}")
         vectors = backend(name).open(path, info, connection)
-        return cls(path, store, vectors, Path(catalog_root) if catalog_root else None)
+        lexical = LexicalIndex.load(path / lexical_folder(info["generation"]))
+        return cls(path, store, vectors, Path(catalog_root) if catalog_root else None, lexical)
 
     @classmethod
     def build(
@@ -102,9 +116,10 @@ class ProductIndex:
         kind: str = "auto",
         params: VectorParams | None = None,
         connection: Connection | None = None,
+        lexical: LexicalParams | None = None,
     ) -> "ProductIndex":
         """Build an index of `products`; row r of `vectors` is image refs[r] = (product number,
-        image number). The folder appears complete or not at all; with a backend that keeps its
+        image number); `lexical` sets how their text is weighted for BM25. The folder appears complete or not at all; with a backend that keeps its
         vectors elsewhere, readers of the index's name see the new vectors once it is in place."""
         path = Path(path)
         vectors = _normalise(vectors)
@@ -131,6 +146,7 @@ class ProductIndex:
                 image_roots=[str(Path(p).resolve()) for p in image_roots],
                 built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 generation=0,
+                lexical=(lexical or LexicalParams()).to_json(),
             )
             built = cls(tmp, store, index)
             built._store_products(products, np.arange(len(refs)), refs, vectors)
@@ -214,6 +230,28 @@ class ProductIndex:
             self._facets = self.store.facets()
         return self._facets
 
+    def vocabulary(self) -> dict[str, list[str]]:
+        """Entity values this index knows: each text field's values and, as "category", the name
+        of every category node (what query understanding recognises when a run has no vocabs)."""
+        if self._vocabulary is None:
+            names = {name: None for path in self.category_paths() for name in path.split(CATEGORY_SEP)}
+            self._vocabulary = {**self.store.text_values(), CATEGORY_FIELD: list(names)}
+        return self._vocabulary
+
+    def category_paths(self) -> list[str]:
+        """Every category node's path, "A > B" form."""
+        if self._paths is None:
+            self._paths = list(self.store.category_counts())
+        return self._paths
+
+    def set_info(self, **values) -> None:
+        """Record settings (e.g. the tuned fusion) in the index's info, committed at once."""
+        if self._lexical_stale:  # committing now would publish products without their vectors' file
+            raise RuntimeError(f"{self.path} has uncommitted product changes: commit them first")
+        self.store.set_info(**values)
+        self.store.commit()
+        self.info = self.store.info()
+
     def category_tree(self) -> list[dict]:
         """Nested [{"name", "path", "count", "children"}], counting products under each node."""
         if self._tree is None:
@@ -242,6 +280,8 @@ class ProductIndex:
         return filters
 
     # --- search -------------------------------------------------------------------------------
+    # Searches come in two forms: Hits (products loaded), and `Found` rows (product row, score,
+    # vector id or None) for callers that rank many candidates and load only the winners.
     def search(self, query: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[Hit]:
         """The k products whose best image scores highest against a query vector."""
         return self.search_many(np.reshape(query, (1, -1)), k, filters, exclude)[0]
@@ -249,15 +289,35 @@ class ProductIndex:
     def search_many(self, queries: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[list[Hit]]:
         """`search` for a batch of queries sharing the filters: one scan of the vectors serves the
         whole batch, which is much cheaper per query than one scan each (concurrent requests)."""
+        return [self.hits(found) for found in self.search_rows_many(queries, k, filters, exclude)]
+
+    def search_rows_many(self, queries: np.ndarray, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[list[Found]]:
+        """`search_many` as `Found` rows."""
         queries = _normalise(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise IncompatibleModelError(f"query vector has dimension {queries.shape[-1]}, index '{self.path.name}' has {self.dim}")
         found = self.store.product(exclude) if exclude is not None else None
         selection = Selection(filters, found[0] if found else None, lambda: self._allowed(filters, exclude))
         # a product owns at most `_max_images` vectors, so this many vectors hold the top k products
-        return [self._hits(scores, vids, k) for scores, vids in self.vectors.search(queries, k * self._max_images, selection)]
+        return [self._best_rows(scores, vids, k) for scores, vids in self.vectors.search(queries, k * self._max_images, selection)]
 
-    def _hits(self, scores: np.ndarray, vids: np.ndarray, k: int) -> list[Hit]:
+    def search_lexical(self, text: str, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[Hit]:
+        """The k products whose text scores highest for BM25 against `text` (score = BM25 score);
+        only products sharing at least one term with the query."""
+        return self.hits(self.search_lexical_rows(text, k, filters, exclude))
+
+    def search_lexical_rows(self, text: str, k: int = 10, filters: Sequence[Filter] = (), exclude: str | None = None) -> list[Found]:
+        """`search_lexical` as `Found` rows."""
+        scores, rows = self.lexical.search(text, k, self._row_mask(filters, exclude))
+        return [(row, score, None) for score, row in zip(scores.tolist(), rows.tolist())]
+
+    def hits(self, found: Sequence[Found]) -> list[Hit]:
+        """Hits of `Found` rows, in their order (image 0 where no vector matched)."""
+        products = self.store.products_by_row(row for row, _, _ in found)
+        images = self.store.image_of(vid for _, _, vid in found if vid is not None)
+        return [Hit(products[row], score, 0 if vid is None else images[vid]) for row, score, vid in found]
+
+    def _best_rows(self, scores: np.ndarray, vids: np.ndarray, k: int) -> list[Found]:
         """Each product's best vector, best first; ids this index does not know (vectors another
         writer added but whose metadata is not committed) are skipped."""
         best: dict[int, tuple[float, int]] = {}
@@ -265,16 +325,20 @@ class ProductIndex:
             row = int(self._vector_rows[vid]) if 0 <= vid < len(self._vector_rows) else -1
             if row >= 0:
                 best.setdefault(row, (score, vid))
-        top = list(best.items())[:k]
-        products = self.store.products_by_row(row for row, _ in top)
-        images = self.store.image_of(vid for _, (_, vid) in top)
-        return [Hit(products[row], score, images[vid]) for row, (score, vid) in top]
+        return [(row, score, vid) for row, (score, vid) in list(best.items())[:k]]
 
     def _allowed(self, filters: Sequence[Filter], exclude: str | None) -> np.ndarray | None:
         """Bool mask over vector ids that a search may return (None: every vector)."""
-        live = self._vector_rows >= 0
-        if not filters and exclude is None:
+        keep = self._row_mask(filters, exclude)
+        if keep is None:
+            live = self._vector_rows >= 0
             return None if live.all() else live
+        return keep[self._vector_rows]
+
+    def _row_mask(self, filters: Sequence[Filter], exclude: str | None) -> np.ndarray | None:
+        """Bool mask over product rows that a search may return (None: every product)."""
+        if not filters and exclude is None:
+            return None
         n_rows = int(self._vector_rows.max(initial=-1)) + 2  # the last slot stays False for row -1
         keep = np.ones(n_rows, dtype=bool)
         keep[-1] = False
@@ -286,7 +350,7 @@ class ProductIndex:
             found = self.store.product(exclude)
             if found is not None:
                 keep[found[0]] = False
-        return keep[self._vector_rows]
+        return keep
 
     # --- updates ------------------------------------------------------------------------------
     def add(self, products: Sequence[Product], vectors: np.ndarray, refs: Sequence[tuple[int, int]]) -> None:
@@ -299,6 +363,7 @@ class ProductIndex:
         self.delete(p.id for p in products)
         first = self.vectors.ntotal
         self._store_products(products, np.arange(first, first + len(refs), dtype=np.int64), refs, vectors)
+        self._lexical_stale = True
 
     def delete(self, product_ids) -> int:
         """Remove products by id (unknown ids are ignored); returns how many were removed."""
@@ -308,24 +373,32 @@ class ProductIndex:
             if vids is not None:
                 self._vector_rows[vids] = -1
                 self.vectors.delete(np.asarray(vids, dtype=np.int64))
+                self._lexical_stale = True
                 removed += 1
         return removed
 
     def commit(self) -> None:
-        """Make the vectors durable under a new generation, then commit the metadata naming it."""
+        """Make the vectors and the lexical index durable under a new generation, then commit the
+        metadata naming it."""
         live = self._vector_rows >= 0
         mapping = self.vectors.compact(live)
         if mapping is not None:
             self.store.renumber_vectors(mapping)
         old, new = self.info["generation"], self.info["generation"] + 1
         self.vectors.persist(self.path, new)
+        if self._lexical_stale:
+            self.lexical = LexicalIndex.build(self.store.rows_and_products(), LexicalParams(**self.info["lexical"]))
+            self._lexical_stale = False
         try:
+            self.lexical.save(self.path / lexical_folder(new))
             self.store.set_info(generation=new, products=self.store.count(), vectors=int(live.sum()), **self.vectors.location())
             self.store.commit()
         except BaseException:
             self.vectors.abandon(self.path, new)
+            shutil.rmtree(self.path / lexical_folder(new), ignore_errors=True)
             raise
         self.vectors.committed(self.path, old)
+        shutil.rmtree(self.path / lexical_folder(old), ignore_errors=True)
         self.info = self.store.info()
         self._refresh()
 
@@ -350,6 +423,8 @@ class ProductIndex:
         self._fields = self.store.fields()
         self._facets: dict | None = None
         self._tree: list[dict] | None = None
+        self._vocabulary: dict[str, list[str]] | None = None
+        self._paths: list[str] | None = None
         self._max_images = self._count_max_images()
 
     def _count_max_images(self) -> int:

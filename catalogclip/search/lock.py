@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from catalogclip.search.lexical import lexical_folder
+from catalogclip.search.vectors import vector_file
+
 POLL_SECONDS = 0.2
 
 
@@ -72,10 +75,12 @@ def remove_leftovers(index_path: Path) -> list[Path]:
     beside = re.compile(rf"\.{re.escape(index_path.name)}\.([a-z0-9_]{{8}}\.tmp|old-\d+)")  # as build and swap name them
     found = [p for p in index_path.parent.glob(f".{index_path.name}.*") if beside.fullmatch(p.name)]
     if index_path.is_dir():
-        found += index_path.glob(".vectors-*.tmp")
-        current = _current_vector_file(index_path)
-        if current is not None:
-            found += [p for p in index_path.glob("vectors-*.faiss") if p.name != current]
+        found += [*index_path.glob(".vectors-*.tmp"), *index_path.glob(".lexical-*.tmp")]
+        info = _committed_info(index_path)
+        if info is not None and info.get("generation") is not None:
+            found += [p for p in index_path.glob("lexical-*") if p.name != lexical_folder(info["generation"])]
+            if info.get("backend", "faiss") == "faiss":  # other backends keep their vectors elsewhere
+                found += [p for p in index_path.glob("vectors-*.faiss") if p.name != vector_file(info["generation"])]
     for path in found:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -84,19 +89,15 @@ def remove_leftovers(index_path: Path) -> list[Path]:
     return found
 
 
-def _current_vector_file(index_path: Path) -> str | None:
-    """The FAISS file the committed metadata names (None: no index, or vectors kept elsewhere)."""
+def _committed_info(index_path: Path) -> dict | None:
+    """The committed metadata's info (None: no index here)."""
     from catalogclip.search.index import META_FILE
     from catalogclip.search.store import MetadataStore
-    from catalogclip.search.vectors import vector_file
 
     if not (index_path / META_FILE).is_file():
         return None
     store = MetadataStore(index_path / META_FILE)
     try:
-        info = store.info()
+        return store.info()
     finally:
         store.close()
-    if info.get("backend", "faiss") != "faiss" or info.get("generation") is None:
-        return None
-    return vector_file(info["generation"])

@@ -8,16 +8,19 @@ Filters are plain data, the same from the CLI, the API and the web page::
      "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths)
 
 Entity recognition finds known entity values in a query ("black puma running shoes" ->
-brand=Puma, colour=Black) by dictionary lookup over word n-grams, longest match first,
-case-insensitively; EI-CLIP runs feed what it finds to their entity encoders.
+brand=Puma, colour=Black) by dictionary lookup over word n-grams, longest match first, on
+words normalised as shoppers type them (catalogclip/search/text.py: case, plurals, possessives,
+"t shirt" / "t-shirt" / "tshirt"); EI-CLIP runs feed what it finds to their entity encoders, and
+the search engine boosts (or, strictly, filters to) the products that carry it.
 """
 from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+
+from catalogclip.search.text import key, tokens
 
 #: the filter field that selects a category subtree (not an attribute)
 CATEGORY_FIELD = "category"
@@ -161,20 +164,6 @@ def parse_filter_args(args: Iterable[str]) -> dict:
 
 
 # --- entity recognition -----------------------------------------------------------------------
-_WORD = re.compile(r"[^\W_]+")
-
-
-def fold(text: str) -> str:
-    """Case- and accent-insensitive form used for matching (Crème -> creme)."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _tokens(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, folded word) for each word; offsets index the original text."""
-    return [(m.start(), m.end(), fold(m.group())) for m in _WORD.finditer(text)]
-
-
 @dataclass(frozen=True)
 class EntityMatch:
     group: str
@@ -199,24 +188,24 @@ class EntityLinker:
         self._phrases: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         for group, values in vocabs.items():
             for value in values:
-                key = tuple(token for _, _, token in _tokens(str(value)))
-                if key and (group, value) not in self._phrases.get(key, []):
-                    self._phrases.setdefault(key, []).append((group, str(value)))
+                phrase = key(str(value))
+                if phrase and (group, str(value)) not in self._phrases.get(phrase, []):
+                    self._phrases.setdefault(phrase, []).append((group, str(value)))
         self._longest = max((len(k) for k in self._phrases), default=0)
 
     def __len__(self) -> int:
         return len(self._phrases)
 
     def find(self, text: str) -> list[EntityMatch]:
-        words = _tokens(text)
-        tokens = [token for _, _, token in words]
+        words = tokens(text)
+        normalised = [w.text for w in words]
         matches: list[EntityMatch] = []
         i = 0
-        while i < len(tokens):
-            for n in range(min(self._longest, len(tokens) - i), 0, -1):
-                hits = self._phrases.get(tuple(tokens[i : i + n]))
+        while i < len(normalised):
+            for n in range(min(self._longest, len(normalised) - i), 0, -1):
+                hits = self._phrases.get(tuple(normalised[i : i + n]))
                 if hits:
-                    start, end = words[i][0], words[i + n - 1][1]
+                    start, end = words[i].start, words[i + n - 1].end
                     matches += [EntityMatch(g, v, text[start:end], start, end) for g, v in hits]
                     i += n
                     break

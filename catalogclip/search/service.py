@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -32,6 +32,7 @@ from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, inst
 from catalogclip.search.query import QueryError
 from catalogclip.search.uploads import FORMATS, content_type, decode_image, sniff_file
 
+Mode = Literal["vector", "lexical", "hybrid"]  # catalogclip.search.fusion.MODES
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: any other request body (a POST /search) is small: a query plus its filters
@@ -44,6 +45,8 @@ class SearchBody(BaseModel):
     q: str
     k: int = 10
     filters: dict[str, Any] | None = None
+    mode: Mode = "hybrid"
+    strict: bool = False
 
 
 def _filters(raw: str | None) -> dict | None:
@@ -65,7 +68,7 @@ def _image_json(product_id: str, number: int, image) -> dict:
     return out
 
 
-def _product_json(product, score: float | None = None, image: int = 0) -> dict:
+def _product_json(product, score: float | None = None, image: int = 0, sides: dict | None = None) -> dict:
     base = f"/products/{product.id}/images"
     out = {
         **product.to_json(),
@@ -75,12 +78,14 @@ def _product_json(product, score: float | None = None, image: int = 0) -> dict:
     }
     if score is not None:
         out["score"] = round(score, 6)
+    if sides is not None:
+        out["sides"] = sides
     return out
 
 
 def _result_json(result: SearchResult) -> dict:
     body = result.to_json()
-    body["results"] = [_product_json(h.product, h.score, h.image) for h in result.hits]
+    body["results"] = [_product_json(h.product, h.score, h.image, h.sides) for h in result.hits]
     return body
 
 
@@ -199,12 +204,14 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         }
 
     @app.get("/search", operation_id="search", responses=_result_links())
-    def search_get(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
-        return _result_json(engine.search_text(q, k, _filters(filters)))
+    def search_get(
+        q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
+    ) -> dict:
+        return _result_json(engine.search_text(q, k, _filters(filters), mode, strict))
 
     @app.post("/search", operation_id="search_post", responses=_result_links())
     def search_post(body: SearchBody) -> dict:
-        return _result_json(engine.search_text(body.q, body.k, body.filters))
+        return _result_json(engine.search_text(body.q, body.k, body.filters, body.mode, body.strict))
 
     @app.post(
         "/search/image",

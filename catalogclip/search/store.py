@@ -11,12 +11,13 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from catalogclip.catalog.schema import Product, product_from_json, split_values
-from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, fold
+from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter
+from catalogclip.search.text import fold
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -142,6 +143,10 @@ class MetadataStore:
         found = self._rows(f"SELECT row, data FROM products WHERE row IN ({','.join('?' * len(rows))})", rows)
         return {row: product_from_json(json.loads(data)) for row, data in found}
 
+    def ids_by_row(self, rows: Iterable[int]) -> dict[int, str]:
+        rows = [int(r) for r in rows]
+        return dict(self._rows(f"SELECT row, id FROM products WHERE row IN ({','.join('?' * len(rows))})", rows))
+
     def product(self, product_id: str) -> tuple[int, Product] | None:
         found = self._rows("SELECT row, data FROM products WHERE id = ?", (product_id,))
         if not found:
@@ -152,6 +157,10 @@ class MetadataStore:
     def iter_products(self) -> Iterator[Product]:
         for (data,) in self._rows("SELECT data FROM products ORDER BY row"):
             yield product_from_json(json.loads(data))
+
+    def rows_and_products(self) -> Iterator[tuple[int, Product]]:
+        for row, data in self._rows("SELECT row, data FROM products ORDER BY row"):
+            yield row, product_from_json(json.loads(data))
 
     def product_ids(self) -> set[str]:
         return {pid for (pid,) in self._rows("SELECT id FROM products")}
@@ -168,6 +177,16 @@ class MetadataStore:
         """Attribute field -> whether every value of it is a number (so ranges apply)."""
         rows = self._rows("SELECT field, COUNT(*) = COUNT(num) FROM attrs GROUP BY field ORDER BY field")
         return {field: bool(numeric) for field, numeric in rows}
+
+    def text_values(self) -> dict[str, list[str]]:
+        """Every distinct value (ignoring case) of each non-numeric field."""
+        numeric = self.fields()
+        rows = self._rows("SELECT field, MIN(value) FROM attrs GROUP BY field, key ORDER BY field, key")
+        out: dict[str, list[str]] = {}
+        for field, value in rows:
+            if not numeric[field]:
+                out.setdefault(field, []).append(value)
+        return out
 
     def facets(self, limit: int = 50) -> dict[str, dict]:
         """Per field: the most frequent values with counts, or the range of a numeric field."""
@@ -187,8 +206,8 @@ class MetadataStore:
     def category_counts(self) -> dict[str, int]:
         return dict(self._rows("SELECT path, COUNT(*) FROM categories GROUP BY path ORDER BY path"))
 
-    def rows_matching(self, clause: Filter) -> np.ndarray:
-        """Rows of the products one filter clause selects."""
+    def rows_matching(self, clause: Filter, among: Sequence[int] | None = None) -> np.ndarray:
+        """Rows of the products one filter clause selects (only those `among` these rows, if given)."""
         if clause.field == CATEGORY_FIELD:
             sql = f"SELECT row FROM categories WHERE path IN ({','.join('?' * len(clause.values))})"
             params: list = list(clause.values)
@@ -202,4 +221,6 @@ class MetadataStore:
             keys = [fold(v) for v in clause.values]
             sql = f"SELECT row FROM attrs WHERE field = ? AND key IN ({','.join('?' * len(keys))})"
             params = [clause.field, *keys]
+        if among is not None:
+            sql, params = sql + f" AND row IN ({','.join('?' * len(among))})", [*params, *map(int, among)]
         return np.asarray([r for (r,) in self._rows(sql, params)], dtype=np.int64)

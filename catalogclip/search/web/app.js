@@ -1,8 +1,12 @@
 // The search page: plain JavaScript over the service's JSON API, no framework.
+// Its state lives in the URL (/?q=...&mode=...&filters=...), so a search can be shared, reloaded
+// and linked; an image query is the one thing a URL cannot hold.
 "use strict";
 
 const K = 24;
-const state = { query: null, filters: {} };  // query: {kind: "text"|"image"|"category"|"similar", value}
+const MODES = ["hybrid", "lexical", "vector"];
+// query: {kind: "text"|"image"|"category"|"similar", value}; mode and strict apply to text queries
+const state = { query: null, filters: {}, mode: "hybrid", strict: false };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -33,9 +37,50 @@ function showError(message) {
 }
 
 // --- running a query ---------------------------------------------------------------------------
+// --- the URL holds the state ---------------------------------------------------------------------
+const URL_KEYS = { text: "q", category: "category", similar: "similar" };
+
+function pageUrl() {
+  const params = new URLSearchParams();
+  const q = state.query;
+  if (q && URL_KEYS[q.kind]) params.set(URL_KEYS[q.kind], q.value);
+  if (q && q.kind === "text") {
+    params.set("mode", state.mode);
+    if (state.strict) params.set("strict", "1");
+  }
+  if (filtersParam()) params.set("filters", filtersParam());
+  const search = params.toString();
+  return search ? `/?${search}` : "/";
+}
+
+function saveUrl() {
+  const url = pageUrl();
+  if (url !== location.pathname + location.search) history.pushState(null, "", url);
+}
+
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  const kind = Object.keys(URL_KEYS).find((k) => params.get(URL_KEYS[k]));
+  state.query = kind ? { kind, value: params.get(URL_KEYS[kind]) } : null;
+  state.mode = MODES.includes(params.get("mode")) ? params.get("mode") : "hybrid";
+  state.strict = params.get("strict") === "1";
+  state.filters = {};
+  try {
+    const filters = JSON.parse(params.get("filters") || "{}");
+    // a single value may be written without a list: {"brand": "Puma"}
+    for (const [field, spec] of Object.entries(filters)) state.filters[field] = typeof spec === "string" ? [spec] : spec;
+  } catch {
+    showError("The link's filters are not valid JSON; they were left out.");
+  }
+  $("q").value = kind === "text" ? state.query.value : "";
+  for (const radio of document.querySelectorAll("#mode input")) radio.checked = radio.value === state.mode;
+  $("strict").checked = state.strict;
+}
+
 async function run() {
   const q = state.query;
   if (!q) return;
+  if (q.kind !== "image") saveUrl();
   const params = new URLSearchParams({ k: K });
   if (filtersParam()) params.set("filters", filtersParam());
   $("results").classList.add("loading");
@@ -43,6 +88,8 @@ async function run() {
     let body;
     if (q.kind === "text") {
       params.set("q", q.value);
+      params.set("mode", state.mode);
+      if (state.strict) params.set("strict", "true");
       body = await api(`/search?${params}`);
     } else if (q.kind === "category") {
       params.set("path", q.value);
@@ -66,7 +113,7 @@ async function run() {
 }
 
 function describe(q) {
-  if (q.kind === "text") return `“${q.value}”`;
+  if (q.kind === "text") return `“${q.value}” · ${state.mode}${state.strict ? ", strict" : ""}`;
   if (q.kind === "category") return q.value;
   if (q.kind === "similar") return `products like ${q.value}`;
   return "your image";
@@ -81,13 +128,19 @@ function render(body) {
     el("span", { class: "label" }, "Understood:"),
     ...entities.map((e) =>
       el("button", {
-        class: "chip", type: "button", "data-group": e.group, title: `filter on ${e.group} = ${e.value}`,
-        onclick: () => toggleFilter(e.group, e.value, true),
+        class: "chip", type: "button", "data-group": e.group, title: e.filter ? `filter on ${e.group} = ${e.value}` : "no product field holds it",
+        onclick: () => e.filter && addFilters(e.filter),
       }, el("small", {}, e.group), ` ${e.value}`)
     )
   );
   $("results").replaceChildren(...body.results.map(card));
   if (n === 0) $("results").append(el("p", { class: "empty" }, "Nothing matches. Try fewer filters."));
+}
+
+// which side(s) found a product, at which rank: "vector #3", "lexical #1"
+function sides(p) {
+  return el("div", { class: "sides" }, ...Object.entries(p.sides || {}).map(([side, found]) =>
+    el("span", { class: `side ${side}`, "data-side": side, title: `${side} score ${found.score}` }, `${side} #${found.rank}`)));
 }
 
 function card(p) {
@@ -98,6 +151,7 @@ function card(p) {
       el("h3", {}, p.title),
       el("p", { class: "path" }, p.category_path.join(" › ")),
       el("p", { class: "attrs" }, attrs.map(([, v]) => v).join(" · ")),
+      sides(p),
       el("div", { class: "foot" },
         p.attributes.price ? el("span", { class: "price" }, p.attributes.price) : el("span"),
         el("span", { class: "score", title: "similarity" }, p.score.toFixed(3)),
@@ -125,6 +179,15 @@ function toggleFilter(field, value, on) {
   run();
 }
 
+// a recognised entity's filter, e.g. {"category": ["Footwear > Shoes"]}, added to the current ones
+function addFilters(filters) {
+  for (const [field, values] of Object.entries(filters)) {
+    state.filters[field] = [...new Set([...(state.filters[field] || []), ...values])];
+  }
+  syncFacetInputs();
+  run();
+}
+
 function setRange(field, bound, text) {
   const range = { ...(state.filters[field] || {}) };
   if (text === "") delete range[bound]; else range[bound] = Number(text);
@@ -135,7 +198,12 @@ function setRange(field, bound, text) {
 
 function syncFacetInputs() {
   for (const box of document.querySelectorAll("#facets input[type=checkbox]")) {
-    box.checked = (state.filters[box.dataset.field] || []).some((v) => v.toLowerCase() === box.value.toLowerCase());
+    const values = state.filters[box.dataset.field];
+    box.checked = Array.isArray(values) && values.some((v) => String(v).toLowerCase() === box.value.toLowerCase());
+  }
+  for (const input of document.querySelectorAll("#facets input[type=number]")) {
+    const bound = (state.filters[input.dataset.field] || {})[input.dataset.bound];
+    input.value = bound === undefined ? "" : bound;
   }
   $("clear-filters").hidden = Object.keys(state.filters).length === 0;
 }
@@ -179,19 +247,37 @@ async function start() {
     $("query-image").src = URL.createObjectURL(file);
     search({ kind: "image", value: file });
   });
+  for (const radio of document.querySelectorAll("#mode input")) {
+    radio.addEventListener("change", () => {
+      state.mode = radio.value;
+      if (state.query && state.query.kind === "text") run();
+    });
+  }
+  $("strict").addEventListener("change", (event) => {
+    state.strict = event.target.checked;
+    if (state.query && state.query.kind === "text") run();
+  });
+  window.addEventListener("popstate", () => {
+    readUrl();
+    syncFacetInputs();
+    run();
+  });
   $("clear-filters").addEventListener("click", () => {
     state.filters = {};
     for (const input of document.querySelectorAll("#facets input[type=number]")) input.value = "";
     syncFacetInputs();
     run();
   });
+  readUrl();
   try {
     const [{ tree }, { facets }] = await Promise.all([api("/category"), api("/facets")]);
     $("tree").replaceChildren(treeNodes(tree));
     $("facets").replaceChildren(...Object.entries(facets).map(([field, info]) => facet(field, info)));
+    syncFacetInputs();
   } catch (error) {
     showError(error.message);
   }
+  if (state.query) search(state.query);
 }
 
 start();

@@ -1,0 +1,160 @@
+"""The lexical side of an index: BM25 (bm25s) over each product's text.
+
+A product's document is its text fields, each repeated as often as its integer weight says
+(`product_document`), so a title word counts twice by default; any BM25 engine given the same
+documents and the same analyser (`analyse`: catalogclip/search/text.py's normalisation, English
+stop words left out, hyphenated words also joined) scores alike. Documents are product rows of the
+metadata store, so filters are the store's row masks.
+
+On disk it is a folder ``lexical-<gen>/`` (bm25s's arrays + ``rows.npy``, the product row of each
+document), written under the same generation as the vector file. BM25's IDF depends on every
+document, so a commit that changed products re-indexes all of them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import bm25s
+import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
+
+from catalogclip.catalog.schema import Product
+from catalogclip.search import text as shop_text
+
+FIELDS = ("title", "attributes", "category", "description")
+DEFAULT_WEIGHTS = {"title": 2, "attributes": 1, "category": 1, "description": 1}
+_STOPWORDS = frozenset(shop_text.stem(w) for w in STOPWORDS_EN) | frozenset(STOPWORDS_EN)
+
+
+@dataclass
+class LexicalParams:
+    """How product text becomes BM25 documents (stored with the index)."""
+
+    weights: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    k1: float = 1.5
+    b: float = 0.75
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown text field(s) {', '.join(sorted(unknown))} (known: {', '.join(FIELDS)})")
+        bad = {f: w for f, w in self.weights.items() if not isinstance(w, int) or isinstance(w, bool) or w < 0}
+        if bad:
+            raise ValueError(f"field weights must be whole numbers >= 0 (a field repeats that often), got {bad}")
+        if not any(self.weights.values()):
+            raise ValueError("at least one text field needs a weight above 0")
+
+    def to_json(self) -> dict:
+        return {"weights": dict(self.weights), "k1": self.k1, "b": self.b}
+
+
+def parse_weights(spec: str) -> dict[str, int]:
+    """``"title=2,attributes=1"`` -> {"title": 2, "attributes": 1}; unnamed fields get 0."""
+    weights = {f: 0 for f in FIELDS}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"field weight '{part}' is not FIELD=WHOLE_NUMBER (fields: {', '.join(FIELDS)})")
+        weights[name.strip()] = int(value)
+    return weights
+
+
+def product_fields(product: Product) -> dict[str, str]:
+    return {
+        "title": product.title,
+        "attributes": " ".join(product.attributes.values()),
+        "category": " ".join(product.category_path),
+        "description": product.description,
+    }
+
+
+def product_document(product: Product, weights: Mapping[str, int]) -> str:
+    """A product's searchable text: every field, repeated `weights[field]` times."""
+    fields = product_fields(product)
+    return " \n".join(fields[f] for f in FIELDS for _ in range(weights.get(f, 0)) if fields[f])
+
+
+def analyse(text: str) -> list[str]:
+    """BM25 terms of a text: normalised words without stop words, plus joined hyphenated words."""
+    words = [t.text for t in shop_text.tokens(text) if t.text not in _STOPWORDS]
+    seen = set(words)
+    return words + [w for w in shop_text.compounds(text) if w not in seen]
+
+
+class LexicalIndex:
+    """BM25 over product documents; document i is product row `rows[i]`."""
+
+    ROWS_FILE = "rows.npy"
+
+    def __init__(self, retriever: bm25s.BM25, rows: np.ndarray) -> None:
+        self.retriever = retriever
+        self.rows = rows
+
+    @classmethod
+    def build(cls, products: Iterable[tuple[int, Product]], params: LexicalParams) -> "LexicalIndex":
+        rows, corpus = [], []
+        for row, product in products:
+            rows.append(row)
+            corpus.append(analyse(product_document(product, params.weights)))
+        retriever = bm25s.BM25(k1=params.k1, b=params.b)
+        retriever.index(corpus, show_progress=False)  # an empty corpus gets bm25s's empty token
+        return cls(retriever, np.asarray(rows, dtype=np.int64))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LexicalIndex":
+        path = Path(path)
+        retriever = bm25s.BM25.load(str(path), show_progress=False)
+        return cls(retriever, np.load(path / cls.ROWS_FILE))
+
+    def save(self, path: str | Path) -> None:
+        """Write the folder at `path` whole: into a temporary folder, then renamed."""
+        path = Path(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            self.retriever.save(str(tmp), show_progress=False)
+            np.save(tmp / self.ROWS_FILE, self.rows)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def query_terms(self, text: str) -> list[str]:
+        """The query's terms, plus each pair of adjacent words that the catalog writes as one word
+        ("sweat shirt" -> also "sweatshirt")."""
+        terms = analyse(text)
+        words = shop_text.key(text)
+        vocab = self.retriever.vocab_dict
+        return terms + [a + b for a, b in zip(words, words[1:]) if a + b in vocab and a + b not in terms]
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 score of every document for a query (0 where no term matches)."""
+        ids = self.retriever.get_tokens_ids(self.query_terms(text))
+        if not ids:  # bm25s cannot score an empty query
+            return np.zeros(len(self.rows), np.float32)
+        return self.retriever.get_scores(ids).astype(np.float32)
+
+    def search(self, text: str, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, product rows) among documents matching at least one query term,
+        restricted to rows where the bool mask `allowed_rows` is true; ties by smaller row."""
+        scores = self.scores(text)
+        matching = scores > 0
+        if allowed_rows is not None:
+            inside = self.rows < len(allowed_rows)
+            matching &= inside & allowed_rows[np.where(inside, self.rows, 0)]
+        docs = np.flatnonzero(matching)
+        if len(docs) > k:
+            kth = np.partition(scores[docs], len(docs) - k)[len(docs) - k]
+            docs = docs[scores[docs] >= kth]
+        order = np.lexsort((self.rows[docs], -scores[docs]))[:k]
+        return scores[docs[order]], self.rows[docs[order]]
+
+
+def lexical_folder(generation: int) -> str:
+    return f"lexical-{generation}"
