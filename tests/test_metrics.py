@@ -12,6 +12,7 @@ from catalogclip.evaluate.metrics import (
     SORT_ABOVE,
     Qrels,
     Ranks,
+    graded_ndcg,
     hit_curve,
     mean_metrics,
     parse_metric,
@@ -34,6 +35,9 @@ OURS_TO_RANX = {
     "nDCG@5": "ndcg@5",
     "nDCG@20": "ndcg@20",
     "MRR": "mrr",
+    "MRR@3": "mrr@3",
+    "Recall@5": "recall@5",
+    "Recall@20": "recall@20",
 }
 
 
@@ -122,6 +126,43 @@ def test_hand_worked_example():
     assert got["MRR"] == pytest.approx(1 / 2)
 
 
+def test_recall_and_cut_off_mrr_hand_worked():
+    # query 0: relevant at ranks 2, 4, 6; query 1: one relevant at rank 12
+    ranks = Ranks.from_lists([[2, 4, 6], [12]])
+    np.testing.assert_allclose(per_query(ranks, "Recall@5"), [2 / 3, 0.0])
+    np.testing.assert_allclose(per_query(ranks, "Recall@100"), [1.0, 1.0])
+    np.testing.assert_allclose(per_query(ranks, "MRR@10"), [1 / 2, 0.0])
+    np.testing.assert_allclose(per_query(ranks, "MRR"), [1 / 2, 1 / 12])
+
+
+def test_graded_ndcg_hand_worked_and_binary_case():
+    # relevant candidates at ranks 1 (grade 1) and 3 (grade 3): ideal puts grade 3 first
+    ranks = Ranks.from_lists([[1, 3]])
+    got = graded_ndcg(ranks, np.array([1.0, 3.0]), 10)
+    assert got[0] == pytest.approx((1 + 3 / 2) / (3 + 1 / math.log2(3)))
+    np.testing.assert_allclose(graded_ndcg(ranks, np.ones(2), 10), per_query(ranks, "nDCG@10"))
+    with pytest.raises(ValueError, match="gains"):
+        graded_ndcg(ranks, np.ones(3), 10)
+
+
+def test_graded_ndcg_matches_ranx():
+    ranx = pytest.importorskip("ranx")
+    scores, qrels = _random_run(seed=3, n_queries=25, n_candidates=60, max_relevant=8)
+    rng = np.random.default_rng(3)
+    grade = {(q, int(c)): int(rng.integers(1, 4)) for q in range(qrels.n_queries) for c in qrels.row(q)}
+    ranks = relevant_ranks(scores, qrels)
+    # the grade of each ranked relevant candidate, in the order of `ranks.ranks`
+    order = [np.argsort(-scores[q], kind="stable") for q in range(qrels.n_queries)]
+    gains = np.array([grade[(q, int(order[q][r - 1]))] for q in range(qrels.n_queries)
+                      for r in ranks.ranks[ranks.indptr[q]:ranks.indptr[q + 1]]], dtype=float)
+    qid = lambda q: f"q{q:04d}"  # noqa: E731
+    ranx_qrels = ranx.Qrels({qid(q): {f"d{c}": grade[(q, int(c))] for c in qrels.row(q)} for q in range(qrels.n_queries)})
+    ranx_run = ranx.Run({qid(q): {f"d{c}": float(s) for c, s in enumerate(row)} for q, row in enumerate(scores)})
+    for k in (5, 10):
+        theirs = ranx.evaluate(ranx_qrels, ranx_run, f"ndcg@{k}", return_mean=False)
+        np.testing.assert_allclose(graded_ndcg(ranks, gains, k), theirs, rtol=1e-9)
+
+
 def test_means_over_several_queries_and_curve():
     # query 0: relevant at rank 1; query 1: at rank 3; query 2: at ranks 2 and 7
     ranks = Ranks.from_lists([[1], [3], [2, 7]])
@@ -162,7 +203,7 @@ def test_bad_input_is_refused(scores, lists, message):
         relevant_ranks(scores, Qrels.from_lists(lists))
 
 
-@pytest.mark.parametrize("name", ["R", "R@0", "mAP", "MRR@5", "F1@3", "R-precision@2"])
+@pytest.mark.parametrize("name", ["R", "R@0", "mAP", "MRR@0", "Recall", "F1@3", "R-precision@2"])
 def test_unknown_metric_names(name):
     with pytest.raises(ValueError, match="unknown metric"):
         parse_metric(name)

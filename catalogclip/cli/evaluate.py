@@ -12,23 +12,35 @@ from catalogclip.cli.common import UserError, app, user_errors
 @app.command()
 def evaluate(
     protocol: List[str] = typer.Option(["full"], "--protocol", "-p",
-                                       help="full | sample100 | category | zeroshot-cls | product | grounding | all (repeat or comma-separate)."),
+                                       help="full | sample100 | category | zeroshot-cls | product | grounding | all (repeat or comma-separate); "
+                                            "with --index: attribute-queries."),
     run: Optional[Path] = typer.Option(None, "--run", help="Trained run folder (results to RUN/eval/<protocol>.json)."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Search index to evaluate on judged queries (--qrels) or with --protocol attribute-queries."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="With --index: TREC qrels, a BEIR folder, or a JSON object {query: {product id: grade}}."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="With --index and TREC qrels: query texts (TSV 'QID<TAB>text' or JSONL)."),
+    mode: List[str] = typer.Option(["all"], "--mode", help="With --index: vector | lexical | hybrid | all (repeat or comma-separate)."),
+    per_family: int = typer.Option(50, help="attribute-queries: queries per query family."),
     catalog: Optional[Path] = typer.Option(None, help="Catalog to evaluate as is (default: the test side of the run's split)."),
     embeddings: Optional[Path] = typer.Option(None, help="Embeddings folder (default: RUN/embeddings, made by `catalogclip embed`)."),
     candidates: Optional[Path] = typer.Option(None, help="sample100 candidate lists to reuse (a RUN/eval/sample100-candidates.json)."),
     baseline: Optional[str] = typer.Option(None, help="Evaluate a baseline instead of a run: bm25 | minilm | zeroshot."),
     backbone: str = typer.Option("twotower", help="Backbone of the zeroshot baseline."),
     split: Optional[Path] = typer.Option(None, help="Baselines: split.json whose test side of --catalog is evaluated."),
-    out: Optional[Path] = typer.Option(None, help="Baselines: output folder (results to OUT/eval/<protocol>.json)."),
+    out: Optional[Path] = typer.Option(None, help="Baselines and --index: output folder (results to OUT/eval/<protocol>.json; --index default: IDX-eval)."),
     seed: int = typer.Option(0, help="Seed of the sample100 lists (and of a zero-shot backbone's random parts)."),
     device: str = typer.Option("cpu", help="Device for a model that must encode category names."),
 ) -> None:
-    """Score a run's embeddings, or a baseline, on evaluation protocols and print the tables."""
+    """Score a run's embeddings or a baseline on evaluation protocols, or a search index on judged
+    queries (in every search mode), and print the tables."""
     with user_errors():
         from catalogclip.evaluate import runner
 
         say = lambda message: typer.echo(message, err=True)  # noqa: E731
+        if index is not None:
+            if run is not None or baseline is not None:
+                raise UserError("--index evaluates a search index; give it without --run or --baseline")
+            _evaluate_index(index, protocol, queries, qrels, mode, out, seed, per_family)
+            return
         if baseline is not None:
             if out is None:
                 raise UserError("--baseline needs --out DIR")
@@ -50,6 +62,29 @@ def evaluate(
         typer.echo(f"results -> {target / 'eval'}")
 
 
+def _evaluate_index(index: Path, protocol: List[str], queries: Optional[Path], qrels: Optional[Path], mode: List[str],
+                    out: Optional[Path], seed: int, per_family: int) -> None:
+    import sys
+
+    from catalogclip.catalog.problems import ProblemLog
+    from catalogclip.evaluate.attribute_queries import AttributeQueryOptions
+    from catalogclip.evaluate.judged import evaluate_index, judged_or_generated
+    from catalogclip.search.engine import open_engine
+
+    out = out or index.with_name(f"{index.name}-eval")
+    problems = ProblemLog()
+    engine = open_engine(index)
+    try:
+        judged, name = judged_or_generated(engine, ",".join(protocol), queries, qrels, out, problems,
+                                           AttributeQueryOptions(seed=seed, per_family=per_family))
+    finally:  # the bad lines are named even when nothing usable is left
+        if problems.problems:
+            problems.report(out=sys.stderr)
+    result = evaluate_index(engine, judged, mode, out, name)
+    _print_result(name, result)
+    typer.echo(f"results -> {out / 'eval' / name}.json (per query: {name}-per-query.jsonl)")
+
+
 def _print_result(protocol: str, result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -66,7 +101,10 @@ def _print_result(protocol: str, result: dict) -> None:
         table.add_column(column, justify="left" if column in ("task", "group") else "right")
     for task, group, n, values in rows:
         table.add_row(task, group, str(n), *[f"{100 * values[m]:.1f}" if m in values else "" for m in metrics])
-    Console().print(table)
+    console = Console()
+    names = max((len(f"{task}{group}") for task, group, *_ in rows), default=0)
+    console.width = max(console.width, names + 16 + sum(max(len(m), 5) + 3 for m in metrics))  # never cut a metric name
+    console.print(table)
 
 
 @app.command()

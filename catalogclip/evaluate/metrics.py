@@ -20,11 +20,16 @@ the mean over queries; all values are fractions in [0, 1]):
 - ``R@K`` (Rank@K; the hit rate of image-text retrieval papers, not IR recall): 1 if ``r_1 <= K``.
 - ``Acc@K``: the same number, named as in classification (``Acc@1`` = top-1 accuracy).
 - ``P@K``: ``#{i : r_i <= K} / K``.
+- ``Recall@K`` (IR recall): ``#{i : r_i <= K} / R``.
 - ``mAP@K``: ``(1/R) * sum_{i : r_i <= K} i / r_i``. Normalised by ``R`` as trec_eval and ranx do
   (not by ``min(R, K)``), so a query with many relevant items scores at most ``K / R``.
 - ``R-precision``: ``#{i : r_i <= R} / R``.
 - ``nDCG@K``: ``sum_{r_i <= K} 1/log2(r_i + 1)`` over its ideal value ``sum_{i <= min(R, K)} 1/log2(i + 1)``.
-- ``MRR``: ``1 / r_1``, without cut-off.
+- ``MRR``: ``1 / r_1``, without cut-off; ``MRR@K``: ``1 / r_1`` when ``r_1 <= K``, else 0.
+
+Graded relevance (judged query sets): `graded_ndcg` weighs each relevant candidate by its grade
+(linear gain ``g_i / log2(r_i + 1)``, as trec_eval and ranx's ``ndcg``); the ideal ranking orders
+the query's grades descending. With every grade 1 it equals ``nDCG@K``.
 - ``SumR`` (`sum_r`): the sum of R@1, R@5 and R@10 over both directions (I2T and T2I), in [0, 6].
 """
 from __future__ import annotations
@@ -216,29 +221,45 @@ def _r_precision(ranks: Ranks, _: int) -> np.ndarray:
     return _per_query_sum(ranks, ranks.ranks <= np.repeat(n_rel, n_rel)) / n_rel
 
 
+def _recall(ranks: Ranks, k: int) -> np.ndarray:
+    return _per_query_sum(ranks, ranks.ranks <= k) / ranks.n_relevant
+
+
 def _ndcg(ranks: Ranks, k: int) -> np.ndarray:
-    gains = np.where(ranks.ranks <= k, 1.0 / np.log2(ranks.ranks + 1.0), 0.0)
-    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
-    return _per_query_sum(ranks, gains) / ideal[np.minimum(ranks.n_relevant, k) - 1]
+    return graded_ndcg(ranks, np.ones(len(ranks.ranks)), k)
 
 
-def _reciprocal_rank(ranks: Ranks, _: int) -> np.ndarray:
-    return 1.0 / ranks.first
+def graded_ndcg(ranks: Ranks, gains: np.ndarray, k: int) -> np.ndarray:
+    """nDCG@K per query, `gains[j]` being the grade of the relevant candidate ranked `ranks.ranks[j]`."""
+    gains = np.asarray(gains, dtype=np.float64)
+    if gains.shape != ranks.ranks.shape:
+        raise ValueError(f"{len(gains)} gains for {len(ranks.ranks)} relevant candidates")
+    dcg = _per_query_sum(ranks, np.where(ranks.ranks <= k, gains / np.log2(ranks.ranks + 1.0), 0.0))
+    ideal_order = np.lexsort((-gains, ranks.query_of()))  # within each query, best grade first
+    position = ranks.position()
+    ideal = _per_query_sum(ranks, np.where(position <= k, gains[ideal_order] / np.log2(position + 1.0), 0.0))
+    return dcg / ideal
+
+
+def _reciprocal_rank(ranks: Ranks, k: int) -> np.ndarray:
+    first = ranks.first
+    return np.where(first <= k, 1.0 / first, 0.0) if k else 1.0 / first
 
 
 def _per_query_sum(ranks: Ranks, values: np.ndarray) -> np.ndarray:
     return np.bincount(ranks.query_of(), weights=values.astype(np.float64), minlength=ranks.n_queries)
 
 
-#: metric family -> (function of (ranks, k), whether the name carries @K)
-_FAMILIES: dict[str, tuple[Callable[[Ranks, int], np.ndarray], bool]] = {
+#: metric family -> (function of (ranks, k), whether the name carries @K: True, False, or None = optional)
+_FAMILIES: dict[str, tuple[Callable[[Ranks, int], np.ndarray], bool | None]] = {
     "R": (_hit, True),
     "Acc": (_hit, True),
     "P": (_precision, True),
+    "Recall": (_recall, True),
     "mAP": (_average_precision, True),
     "nDCG": (_ndcg, True),
     "R-precision": (_r_precision, False),
-    "MRR": (_reciprocal_rank, False),
+    "MRR": (_reciprocal_rank, None),
 }
 _NAME = re.compile(r"^(?P<family>[A-Za-z-]+)(@(?P<k>\d+))?$")
 
@@ -248,8 +269,8 @@ def parse_metric(name: str) -> tuple[Callable[[Ranks, int], np.ndarray], int]:
     match = _NAME.match(name)
     family = _FAMILIES.get(match["family"]) if match else None
     has_k = bool(match and match["k"])
-    if family is None or family[1] != has_k or (has_k and int(match["k"]) < 1):
-        known = "R@K, Acc@K, P@K, mAP@K, nDCG@K, R-precision, MRR"
+    if family is None or family[1] not in (has_k, None) or (has_k and int(match["k"]) < 1):
+        known = "R@K, Acc@K, P@K, Recall@K, mAP@K, nDCG@K, R-precision, MRR, MRR@K"
         raise ValueError(f"unknown metric '{name}' (known: {known})")
     return family[0], int(match["k"]) if has_k else 0
 
