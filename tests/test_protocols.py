@@ -145,6 +145,21 @@ def test_sample100_lists_draw_from_the_leaf_first_and_are_seeded():
     assert draw_candidate_lists(shuffled, 5, seed=0).lists == lists.lists
 
 
+def test_sample100_says_loudly_where_negatives_came_from():
+    catalog = _leafy_catalog({("A", "X"): 8, ("A", "Y"): 3, ("B", "Z"): 5})
+    inv = Inventory.from_catalog(catalog)
+    result = evaluate("sample100", inv, _ConstantScorer(), ProtocolOptions(n_negatives=5))
+    # X: 7 others in the leaf; Y: 2 in the leaf + 3 from A; Z: 4 in the leaf + 1 from anywhere
+    assert result["settings"]["negatives_from"] == {"leaf": 8, "level 1": 3, "whole test set": 5}
+    assert result["settings"]["warning"] == (
+        "sample100 is easier than its name says: 8 of 16 products have fewer than 5 other products in their leaf "
+        "category; their negatives were drawn from wider categories instead (3 from level 1, 5 from whole test set).")
+    tiny = evaluate("sample100", Inventory.from_catalog(_leafy_catalog({("A", "X"): 3})), _ConstantScorer(), ProtocolOptions())
+    assert "each list holds 3 candidates" in tiny["settings"]["warning"]
+    roomy = evaluate("sample100", inv, _ConstantScorer(), ProtocolOptions(n_negatives=2))
+    assert roomy["settings"]["negatives_from"] == {"leaf": 16} and roomy["settings"]["warning"] is None
+
+
 def test_sample100_reuses_saved_lists(tmp_path):
     catalog = _leafy_catalog({("A", "X"): 12, ("B", "Z"): 12})
     rng = np.random.default_rng(3)

@@ -19,7 +19,7 @@ from catalogclip.cli import app
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.protocols import Inventory
 from catalogclip.evaluate.report.collect import load_entries
-from catalogclip.evaluate.report.tables import build_tables
+from catalogclip.evaluate.report.tables import Row, Table, build_tables
 from catalogclip.evaluate.runner import _missing_category_vectors
 
 LEAVES = {"X": ("Apparel", "Shirts"), "Y": ("Apparel", "Jeans"), "Z": ("Footwear", "Boots")}
@@ -167,6 +167,37 @@ def test_report_tables_match_the_eval_files(evaluated, tmp_path):
     sources = re.findall(r"<img[^>]* src='([^']*)'", page)
     assert sources and all(s.startswith("data:image/") for s in sources)  # self-contained
     assert "✓" in page and "✗" in page
+
+
+def test_text_proxies_are_apart_never_best_nor_the_default_reference(evaluated, tmp_path):
+    run, base = evaluated
+    out = tmp_path / "report"
+    result = _invoke("report", base, run, "--out", out)  # the baseline folder first: still not the reference
+    assert result.exit_code == 0, result.output
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["baseline"] == "run"
+    tables = build_tables(load_entries([base, run]), "run")
+    for table in tables:
+        assert [r.label for r in table.rows] == ["run", "bm25"] and table.rows[1].text_proxy
+        assert "Text proxies read product text only" in table.note
+        for i in range(len(table.columns)):
+            assert not table.is_best(table.rows[1], i)
+            assert table.is_best(table.rows[0], i) == (table.rows[0].values[i] is not None)
+    crafted = Table("full", "t", ["SumR"], rows=[Row("run", [2.0]), Row("bm25", [4.7], text_proxy=True)])
+    assert crafted.best(0) == 2.0 and crafted.is_best(crafted.rows[0], 0) and not crafted.is_best(crafted.rows[1], 0)
+    markdown = (out / "report.md").read_text()
+    assert "| bm25 | baseline (text proxy) |" in markdown and "| *Text proxies (not cross-modal)* |" in markdown
+    assert "Relative improvements are over **run**." in markdown
+    assert "<tr class='section'><td colspan=9>Text proxies (not cross-modal)</td></tr>" in (out / "report.html").read_text()
+
+
+def test_sample100_warning_reaches_the_command_line_and_the_report(tmp_path):
+    run = _write_run(tmp_path)
+    result = _invoke("evaluate", "--run", run, "-p", "sample100")
+    assert result.exit_code == 0 and "WARNING: sample100 is easier than its name says" in result.output
+    assert "each list holds 8 candidates" in result.output
+    (table,) = build_tables(load_entries([run]))
+    assert "sample100 is easier than its name says" in table.note
 
 
 def test_report_refuses_an_unknown_baseline(evaluated, tmp_path):

@@ -111,7 +111,7 @@ def _print_result(protocol: str, result: dict) -> None:
 def report(
     runs: List[Path] = typer.Argument(..., help="Run folders and baseline output folders, in table order."),
     out: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, report.json and plots."),
-    baseline: Optional[str] = typer.Option(None, help="Label of the row improvements are relative to (default: the first baseline)."),
+    baseline: Optional[str] = typer.Option(None, help="Label of the row improvements are relative to (default: the first trained run; never a text-only baseline)."),
     title: str = typer.Option("catalogclip evaluation report", help="Report title."),
 ) -> None:
     """Write a Markdown + self-contained HTML report (tables, plots, examples) of evaluated runs."""

@@ -143,12 +143,16 @@ class SentenceBackend:
         return lambda queries: self.encode(queries) @ vectors.T
 
 
+_TEXT_BACKENDS: dict[str, Callable[[], TextBackend]] = {"bm25": BM25Backend, "minilm": SentenceBackend}
+#: baselines that never look at pixels: on cross-modal protocols they are text proxies, not systems
+TEXT_BASELINES = tuple(_TEXT_BACKENDS)
+
+
 def text_baseline(name: str, inventory: Inventory) -> TextScorer:
     """The `bm25` or `minilm` baseline over an inventory."""
-    backends: dict[str, Callable[[], TextBackend]] = {"bm25": BM25Backend, "minilm": SentenceBackend}
-    if name not in backends:
-        raise ValueError(f"unknown text baseline '{name}' (known: {', '.join(backends)})")
-    return TextScorer(name, backends[name](), inventory)
+    if name not in _TEXT_BACKENDS:
+        raise ValueError(f"unknown text baseline '{name}' (known: {', '.join(_TEXT_BACKENDS)})")
+    return TextScorer(name, _TEXT_BACKENDS[name](), inventory)
 
 
 def zeroshot_embeddings(spec: str, catalog: Catalog, seed: int = 0, batch_size: int = 64,

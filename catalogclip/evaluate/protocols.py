@@ -10,7 +10,9 @@ metrics. Protocols, by name (`PROTOCOLS`):
 - ``sample100``: each product against its positive plus 100 negatives drawn from other products of
   its leaf category (FashionBERT / Kaleido-BERT / EI-CLIP "sample 100"), one query per direction
   and product; a product's image is its first merchant image. The lists are seeded per product,
-  saved by `CandidateLists.save` and reused, so models are compared on identical candidates.
+  saved by `CandidateLists.save` and reused, so models are compared on identical candidates. Where
+  a leaf is too small, negatives come from its ancestors; the result says how many lists did
+  (`negatives_check`) and carries a warning.
 - ``category``: category-to-image retrieval (CLIP-ITA): every node of the category tree is a query,
   every product a candidate, relevant when the node is on the product's category path. Reported
   for all nodes, the root nodes, the leaf nodes and, given the training tree, the unseen nodes.
@@ -506,7 +508,7 @@ def evaluate(protocol: str, inventory: Inventory, scorer: Scorer, options: Proto
     if protocol == "sample100":
         lists = candidate_lists_for(inventory, options)
         options = replace(options, candidate_lists=lists)
-        settings.update(seed=lists.seed, n_negatives=lists.n_negatives)
+        settings.update(seed=lists.seed, n_negatives=lists.n_negatives, **negatives_check(lists, inventory))
     tasks = PROTOCOLS.get(protocol)(inventory, options)
     pair = transposed_pair(tasks, scorer)
     results = run_transposed_pair(*pair, scorer, inventory, n_examples, chunk_bytes=chunk_bytes) if pair else {}
@@ -525,6 +527,40 @@ def evaluate(protocol: str, inventory: Inventory, scorer: Scorer, options: Proto
         "tasks": results,
         "summary": summary,
     }
+
+
+def negatives_check(lists: CandidateLists, inventory: Inventory) -> dict:
+    """Where each sample100 list's negatives come from, and a warning when they are not what the
+    protocol's name promises (n_negatives products of the query's own leaf category).
+
+    A list's level is the deepest category level all its negatives share with the query: "leaf",
+    "level N" (they had to be filled from an ancestor) or "whole test set".
+    """
+    path = {p.id: tuple(p.category_path) for p in inventory.products}
+    levels: dict[str, int] = {}
+    for query, candidates in lists.lists.items():
+        own = path.get(query, ())
+        shared = min((_shared_depth(own, path.get(c, ())) for c in candidates if c != query), default=len(own))
+        level = "leaf" if shared == len(own) else f"level {shared}" if shared else "whole test set"
+        levels[level] = levels.get(level, 0) + 1
+    width = max((len(c) for c in lists.lists.values()), default=0)
+    wider = {level: n for level, n in levels.items() if level != "leaf"}
+    problems = []
+    if wider:
+        drawn = ", ".join(f"{n} from {level}" for level, n in sorted(wider.items()))
+        problems.append(f"{sum(wider.values())} of {len(lists.lists)} products have fewer than {lists.n_negatives} other "
+                        f"products in their leaf category; their negatives were drawn from wider categories instead ({drawn})")
+    if width < lists.n_negatives + 1:
+        problems.append(f"the test set is too small for {lists.n_negatives} negatives: each list holds {width} candidates")
+    warning = "sample100 is easier than its name says: " + "; ".join(problems) + "." if problems else None
+    return {"negatives_from": dict(sorted(levels.items())), "warning": warning}
+
+
+def _shared_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    depth = 0
+    while depth < min(len(a), len(b)) and a[depth] == b[depth]:
+        depth += 1
+    return depth
 
 
 def candidate_lists_for(inventory: Inventory, options: ProtocolOptions) -> CandidateLists:

@@ -111,6 +111,8 @@ def evaluate_all(
             options.candidate_lists = candidate_lists_for(inventory, options)
             options.candidate_lists.save(eval_dir / CANDIDATES_FILE)
         result = evaluate(protocol, inventory, scorer, options)
+        if result["settings"].get("warning"):
+            progress(f"WARNING: {result['settings']['warning']}")
         result["catalog"] = inputs.catalog_path
         atomic_write_json(eval_dir / f"{protocol}.json", result)
         results[protocol] = result

@@ -30,7 +30,8 @@ def write_report(folders: Sequence[str | Path], out_dir: str | Path, baseline: s
     """Write the report of `folders` (runs or baseline outputs) to `out_dir`.
 
     `baseline` is the label of the row improvements are relative to (a folder name, or a
-    baseline's label such as "bm25"); by default the first baseline folder, if any.
+    baseline's label such as "bm25"); by default the first trained run (else the first baseline
+    that is not a text proxy), never a text-only baseline.
     """
     out_dir = Path(out_dir)
     entries = load_entries(folders)
@@ -52,7 +53,8 @@ def write_report(folders: Sequence[str | Path], out_dir: str | Path, baseline: s
 def _baseline_label(entries: Sequence[Entry], baseline: str | None) -> str | None:
     labels = [e.label for e in entries]
     if baseline is None:
-        return next((e.label for e in entries if e.kind == "baseline"), None)
+        reference = next((e for e in entries if e.kind == "run"), None) or next((e for e in entries if not e.text_proxy), None)
+        return reference.label if reference is not None else None
     if baseline not in labels:
         raise ValueError(f"baseline '{baseline}' is none of the reported models ({', '.join(labels)})")
     return baseline

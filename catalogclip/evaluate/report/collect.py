@@ -7,6 +7,7 @@ from typing import Sequence
 
 import yaml
 
+from catalogclip.evaluate.baselines import TEXT_BASELINES
 from catalogclip.evaluate.runner import CANDIDATES_FILE
 from catalogclip.io import read_json
 
@@ -25,9 +26,14 @@ class Entry:
     info: dict = field(default_factory=dict)  # method / backbone / baseline settings
     gates: dict[str, float] | None = None
 
+    @property
+    def text_proxy(self) -> bool:
+        """A text-only baseline: it reads product text where the protocol shows an image."""
+        return self.kind == "baseline" and self.info.get("baseline") in TEXT_BASELINES
+
     def to_json(self) -> dict:
-        return {"label": self.label, "path": str(self.path), "kind": self.kind, "info": self.info,
-                "gates": self.gates, "results": self.results}
+        return {"label": self.label, "path": str(self.path), "kind": self.kind, "text_proxy": self.text_proxy,
+                "info": self.info, "gates": self.gates, "results": self.results}
 
 
 def load_entry(folder: str | Path) -> Entry:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogclip.evaluate.report.collect import Entry
-from catalogclip.evaluate.report.tables import Table
+from catalogclip.evaluate.report.tables import TEXT_PROXY_SECTION, Table
 
 #: (protocol, task) pairs whose example queries are shown, with their top candidates
 EXAMPLE_TASKS = (("full", "t2i"), ("category", "category"), ("zeroshot-cls", "zeroshot-cls"))
@@ -67,6 +67,15 @@ def _delta(row_delta: float | None) -> str:
     return "" if row_delta is None else f"{row_delta:+.1f}%"
 
 
+def _starts_proxies(table: Table, row) -> bool:
+    """Whether `row` is the first text proxy of a table (they follow the cross-modal rows)."""
+    return row.text_proxy and next(r for r in table.rows if r.text_proxy) is row
+
+
+def _kind(entry: Entry) -> str:
+    return "baseline (text proxy)" if entry.text_proxy else entry.kind
+
+
 def _with_delta(table: Table, baseline: str | None) -> bool:
     return baseline is not None and any(r.delta is not None for r in table.rows)
 
@@ -92,7 +101,7 @@ def _entry_lines(entries: Sequence[Entry]) -> list[str]:
     lines = ["| model | kind | settings | folder |", "|---|---|---|---|"]
     for e in entries:
         settings = ", ".join(f"{k}={v}" for k, v in e.info.items() if v not in (None, "") and k not in ("catalog", "label"))
-        lines.append(f"| {e.label} | {e.kind} | {settings} | `{e.path}` |")
+        lines.append(f"| {e.label} | {_kind(e)} | {settings} | `{e.path}` |")
     return lines
 
 
@@ -101,10 +110,12 @@ def _markdown_table(table: Table, baseline: str | None) -> list[str]:
     header = ["model", *table.columns] + ([f"Δ {table.headline}"] if delta else [])
     lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
+        if _starts_proxies(table, row):
+            lines.append(f"| *{TEXT_PROXY_SECTION}* |" + " |" * (len(header) - 1))
         cells = []
         for i, value in enumerate(row.values):
             text = _format(value, table.percent)
-            cells.append(f"**{text}**" if value is not None and value == table.best(i) and len(table.rows) > 1 else text)
+            cells.append(f"**{text}**" if table.is_best(row, i) else text)
         lines.append("| " + " | ".join([row.label, *cells] + ([_delta(row.delta)] if delta else [])) + " |")
     return lines + ["", table.note, ""] if table.note else lines + [""]
 
@@ -146,6 +157,7 @@ img.plot{max-width:100%;border:1px solid #eee}
 .grid .yes img{border-color:#2e7d32}.grid .no img{border-color:#c62828}
 .mark{font-weight:700}.yes .mark{color:#2e7d32}.no .mark{color:#c62828}
 .info td{text-align:left}
+tr.section td{text-align:left;font-style:italic;background:#fafafa;color:#555}
 .noimg{display:block;width:96px;height:60px;margin:0 auto .2rem;background:#f4f4f4;color:#999;line-height:60px}
 """
 
@@ -167,7 +179,7 @@ def html_page(title: str, entries: Sequence[Entry], tables: Sequence[Table], bas
 
 def _html_entries(entries: Sequence[Entry]) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(e.label)}</td><td>{e.kind}</td><td>"
+        f"<tr><td>{html.escape(e.label)}</td><td>{_kind(e)}</td><td>"
         + html.escape(", ".join(f"{k}={v}" for k, v in e.info.items() if v not in (None, "") and k not in ("catalog", "label")))
         + f"</td><td><code>{html.escape(str(e.path))}</code></td></tr>"
         for e in entries
@@ -181,9 +193,12 @@ def _html_table(table: Table, baseline: str | None) -> str:
     head += f"<th>Δ {html.escape(table.headline)}</th>" if delta else ""
     body = []
     for row in table.rows:
+        if _starts_proxies(table, row):
+            span = len(table.columns) + 1 + bool(delta)
+            body.append(f"<tr class='section'><td colspan={span}>{html.escape(TEXT_PROXY_SECTION)}</td></tr>")
         cells = []
         for i, value in enumerate(row.values):
-            best = value is not None and value == table.best(i) and len(table.rows) > 1
+            best = table.is_best(row, i)
             cells.append(f"<td{' class=best' if best else ''}>{_format(value, table.percent)}</td>")
         if delta:
             css = "" if row.delta is None else (" class=up" if row.delta >= 0 else " class=down")

@@ -18,6 +18,10 @@ from catalogclip.evaluate.protocols import CATEGORY_METRICS
 from catalogclip.evaluate.report.collect import Entry, protocols_of
 
 Getter = Callable[[dict], "float | None"]
+TEXT_PROXY_SECTION = "Text proxies (not cross-modal)"
+TEXT_PROXY_NOTE = ("Text proxies read product text only: where the protocol shows an image they see its product's "
+                   "catalog record, which on real catalogs repeats the title. They are no image-text system, so they "
+                   "are listed apart and never marked best.")
 GROUP_TITLES = {"all": "all categories", "root": "most general (root level)", "leaf": "most specific (leaf level)",
                 "unseen": "unseen categories"}
 DIRECTIONS = (("i2t", "I2T"), ("t2i", "T2I"))
@@ -29,6 +33,8 @@ class Row:
     values: list[float | None]
     #: relative improvement of the headline metric over the baseline row, in percent
     delta: float | None = None
+    #: a text-only baseline: shown in its own section, never marked best
+    text_proxy: bool = False
 
 
 @dataclass
@@ -47,8 +53,13 @@ class Table:
         return asdict(self)
 
     def best(self, column: int) -> float | None:
-        values = [r.values[column] for r in self.rows if _is_number(r.values[column])]
+        """The best value of a column among the cross-modal rows (text proxies do not compete)."""
+        values = [r.values[column] for r in self.rows if _is_number(r.values[column]) and not r.text_proxy]
         return max(values) if values else None
+
+    def is_best(self, row: Row, column: int) -> bool:
+        value = row.values[column]
+        return not row.text_proxy and value is not None and value == self.best(column) and len(self.rows) > 1
 
 
 def _is_number(value) -> bool:
@@ -73,7 +84,8 @@ def _layouts(protocol: str, results: Sequence[dict]) -> list[tuple[str, str, lis
         columns.append(("SumR", _summary("SumR")))
         title = {"full": "Full-candidate retrieval (whole test catalog)",
                  "sample100": "Sample-100 retrieval (positive + 100 same-category negatives)"}[protocol]
-        return [(protocol, title, columns, "SumR", "R@K in %; SumR = sum of the six R@K.")]
+        warnings = " ".join(dict.fromkeys(w for r in results if (w := r.get("settings", {}).get("warning"))))
+        return [(protocol, title, columns, "SumR", f"R@K in %; SumR = sum of the six R@K. {warnings}".strip())]
     if protocol == "category":
         groups = [g for g in GROUP_TITLES if any(g in r.get("tasks", {}).get("category", {}).get("metrics", {}) for r in results)]
         return [
@@ -99,11 +111,13 @@ def build_tables(entries: Sequence[Entry], baseline: str | None = None) -> list[
     """Every table of a report; `baseline` is the label of the row improvements are relative to."""
     tables = []
     for protocol in protocols_of(entries):
-        having = [e for e in entries if protocol in e.results]
+        having = sorted((e for e in entries if protocol in e.results), key=lambda e: e.text_proxy)  # text proxies last
         for key, title, columns, headline, note in _layouts(protocol, [e.results[protocol] for e in having]):
+            if any(e.text_proxy for e in having):
+                note = f"{note} {TEXT_PROXY_NOTE}".strip()
             table = Table(key, title, [name for name, _ in columns], headline=headline, note=note)
             for entry in having:
-                table.rows.append(Row(entry.label, [get(entry.results[protocol]) for _, get in columns]))
+                table.rows.append(Row(entry.label, [get(entry.results[protocol]) for _, get in columns], text_proxy=entry.text_proxy))
             _add_deltas(table, baseline)
             tables.append(table)
     return tables
