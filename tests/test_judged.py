@@ -193,6 +193,15 @@ def _carries(p, labels: dict) -> bool:
                for role, value in labels.items())
 
 
+def test_a_multi_value_carries_each_of_its_values():
+    products = _shop()
+    products[0].attributes["gender"] = "Men | Women"
+    judged = attribute_queries(products, AttributeQueryOptions(per_family=100, min_relevant=1, families=["gender+colour+type"]))
+    for gender in ("men", "women"):
+        qid = next(q for q in judged.ids if judged.info[q]["labels"] == {"gender": gender, "colour": "red", "type": "shoes"})
+        assert "p00" in judged.qrels[qid]
+
+
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown query family 'size'"):
         attribute_queries(_shop(), AttributeQueryOptions(families=["size"]))
@@ -215,6 +224,24 @@ def test_index_evaluated_on_colour_queries(engine, tmp_path):
     assert list(result["tasks"]) == mode_list(["all"], ["vector"])
     rows = [json.loads(line) for line in (tmp_path / "out" / "eval" / "judged-per-query.jsonl").read_text().splitlines()]
     assert {r["qid"] for r in rows} == {"r", "b"} and json.loads((tmp_path / "out" / "eval" / "judged.json").read_text())["n_queries"] == 2
+
+
+def test_index_results_get_a_row_per_mode_in_reports(engine, tmp_path):
+    from catalogclip.evaluate.report import write_report
+    from catalogclip.evaluate.report.collect import load_entries
+    from catalogclip.evaluate.report.tables import build_tables
+
+    judged = attribute_queries(engine.index.store.iter_products(), AttributeQueryOptions(min_relevant=1, per_family=4))
+    result = evaluate_index(engine, judged, ["vector"], tmp_path / "shop-eval", "attribute-queries")
+    (entry,) = load_entries([tmp_path / "shop-eval"])
+    assert entry.kind == "index" and entry.info["index"] == str(tmp_path / "idx")
+    families, every = build_tables([entry])
+    assert families.columns[:4] == ["all nDCG@10", "all P@1", "brand+type nDCG@10", "brand+type P@1"]
+    assert [r.label for r in families.rows] == ["shop-eval · vector"]
+    assert families.rows[0].values[2] == result["tasks"]["vector"]["metrics"]["brand+type"]["nDCG@10"]
+    assert every.columns == list(result["settings"]["metrics"])
+    files = write_report([tmp_path / "shop-eval"], tmp_path / "report")
+    assert "## Shopper queries (attribute-queries) per query family" in files.markdown.read_text()
 
 
 def test_modes_the_index_lacks_are_refused():

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from catalogclip.cli.common import app, user_errors
+from catalogclip.cli.evaluate import print_result
 
 
 @app.command()
@@ -27,6 +28,7 @@ def demo(
             entities = ", ".join(f"{m['group']}={m['value']}" for m in found["entities"]) or "none"
             top = "; ".join(f"{r['product']['title']} [{' + '.join(r['sides'])}]" for r in found["results"][:3])
             typer.echo(f"search '{query}' (entities: {entities}) -> {top}")
+        print_result("shopper queries (attribute-queries, test products)", result.shopper)
         typer.echo(f"report: {result.report_html}")
         typer.echo(f"serve the search page: catalogclip serve --index {result.index}")
         (out / "searches.json").write_text(json.dumps(result.searches, indent=2))

@@ -58,7 +58,7 @@ def evaluate(
             results = runner.evaluate_run(run, protocol, catalog, embeddings, candidates, device, seed, say)
             target = run
         for name, result in results.items():
-            _print_result(name, result)
+            print_result(name, result)
         typer.echo(f"results -> {target / 'eval'}")
 
 
@@ -81,11 +81,11 @@ def _evaluate_index(index: Path, protocol: List[str], queries: Optional[Path], q
         if problems.problems:
             problems.report(out=sys.stderr)
     result = evaluate_index(engine, judged, mode, out, name)
-    _print_result(name, result)
+    print_result(name, result)
     typer.echo(f"results -> {out / 'eval' / name}.json (per query: {name}-per-query.jsonl)")
 
 
-def _print_result(protocol: str, result: dict) -> None:
+def print_result(protocol: str, result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from catalogclip.catalog.schema import Product, category_nodes
+from catalogclip.catalog.schema import Product, category_nodes, split_values
 from catalogclip.evaluate.qrels import JudgedQueries
 
 ATTRIBUTE_QUERIES = "attribute-queries"
@@ -61,8 +61,8 @@ def product_labels(product: Product, role_attributes: dict[str, Sequence[str]]) 
         labels["type"] = {product.category_path[-1].lower()}
     for role, names in role_attributes.items():
         value = next((attributes[n.lower()] for n in names if attributes.get(n.lower())), None)
-        if value is not None:
-            labels[role] = {value.strip().lower()}
+        if value is not None:  # a multi-value ("Men | Women") carries each of its values
+            labels[role] = {v.lower() for v in split_values(value)}
     return labels
 
 

@@ -12,7 +12,7 @@ from catalogclip.evaluate.runner import CANDIDATES_FILE
 from catalogclip.io import read_json
 
 #: protocols in the order a report shows them; others follow alphabetically
-PROTOCOL_ORDER = ("full", "sample100", "category", "zeroshot-cls", "product", "grounding")
+PROTOCOL_ORDER = ("full", "sample100", "category", "zeroshot-cls", "product", "grounding", "attribute-queries", "judged")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Entry:
 
     label: str
     path: Path
-    kind: str  # "run" | "baseline"
+    kind: str  # "run" | "baseline" | "index"
     results: dict[str, dict]  # protocol -> the JSON `catalogclip evaluate` wrote
     info: dict = field(default_factory=dict)  # method / backbone / baseline settings
     gates: dict[str, float] | None = None
@@ -47,6 +47,8 @@ def load_entry(folder: str | Path) -> Entry:
     if baseline.exists():
         info = read_json(baseline)
         return Entry(str(info.get("label") or info.get("baseline") or folder.name), folder, "baseline", results, info)
+    if any("index" in result for result in results.values()):  # `catalogclip evaluate --index`
+        return Entry(folder.name, folder, "index", results, {"index": next(r["index"] for r in results.values() if "index" in r)})
     info = {}
     config = folder / "config.yaml"
     if config.exists():

@@ -18,6 +18,9 @@ from catalogclip.evaluate.protocols import CATEGORY_METRICS
 from catalogclip.evaluate.report.collect import Entry, protocols_of
 
 Getter = Callable[[dict], "float | None"]
+#: protocols that evaluate a search index on text queries, one task per search mode
+JUDGED_PROTOCOLS = ("attribute-queries", "judged")
+SHOPPER_METRICS = ("nDCG@10", "P@1")
 TEXT_PROXY_SECTION = "Text proxies (not cross-modal)"
 TEXT_PROXY_NOTE = ("Text proxies read product text only: where the protocol shows an image they see its product's "
                    "catalog record, which on real catalogs repeats the title. They are no image-text system, so they "
@@ -107,10 +110,34 @@ def _layouts(protocol: str, results: Sequence[dict]) -> list[tuple[str, str, lis
              "In %.")]
 
 
+def judged_tables(protocol: str, entries: Sequence[Entry]) -> list[Table]:
+    """An index evaluated on shopper queries: one row per (index, search mode); nDCG@10 and P@1 per
+    query family, then every metric over all queries."""
+    having = [e for e in entries if protocol in e.results]
+    results = [e.results[protocol] for e in having]
+    groups = list(dict.fromkeys(g for r in results for task in r["tasks"].values() for g in task["metrics"]))
+    metrics = list(dict.fromkeys(m for r in results for task in r["tasks"].values() for m in task["metrics"]["all"]))
+    layouts = [(f"{protocol}-families", f"Shopper queries ({protocol}) per query family",
+                [(g, m) for g in groups for m in SHOPPER_METRICS], "In %; one row per index and search mode."),
+               (protocol, f"Shopper queries ({protocol}): every metric", [("all", m) for m in metrics],
+                "In %; Recall@K is IR recall (share of the relevant products in the top K); nDCG is graded.")]
+    tables = []
+    for key, title, columns, note in layouts:
+        table = Table(key, title, [m if g == "all" and key == protocol else f"{g} {m}" for g, m in columns], note=note)
+        for entry, result in zip(having, results):
+            for mode, task in result["tasks"].items():
+                table.rows.append(Row(f"{entry.label} · {mode}", [task["metrics"].get(g, {}).get(m) for g, m in columns]))
+        tables.append(table)
+    return tables
+
+
 def build_tables(entries: Sequence[Entry], baseline: str | None = None) -> list[Table]:
     """Every table of a report; `baseline` is the label of the row improvements are relative to."""
     tables = []
     for protocol in protocols_of(entries):
+        if protocol in JUDGED_PROTOCOLS:
+            tables += judged_tables(protocol, entries)
+            continue
         having = sorted((e for e in entries if protocol in e.results), key=lambda e: e.text_proxy)  # text proxies last
         for key, title, columns, headline, note in _layouts(protocol, [e.results[protocol] for e in having]):
             if any(e.text_proxy for e in having):
