@@ -22,6 +22,7 @@ from catalogclip.catalog.problems import ProblemLog
 from catalogclip.evaluate.attribute_queries import ATTRIBUTE_QUERIES, AttributeQueryOptions, attribute_queries
 from catalogclip.evaluate.qrels import JudgedQueries, read_judged
 from catalogclip.io import atomic_write_json, atomic_write_text
+from catalogclip.search.fusion import MODES
 
 if TYPE_CHECKING:
     from catalogclip.search.engine import SearchEngine
@@ -123,44 +124,24 @@ def _query_row(mode: str, qid: str, judged: JudgedQueries, relevant: dict[str, i
 
 # --- a search index as the system under test ---------------------------------------------------
 
-#: every search mode, in table order
-MODES = ("vector", "lexical", "hybrid")
-
-
-def engine_modes(engine: "SearchEngine") -> list[str]:
-    """The modes this engine answers (vector only where the index has no lexical side)."""
-    import inspect
-
-    return list(MODES) if "mode" in inspect.signature(engine.search_text).parameters else ["vector"]
-
-
-def mode_list(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Expand "all" (every available mode) and refuse modes the engine lacks."""
+def mode_list(requested: Sequence[str]) -> list[str]:
+    """Expand "all" (every search mode) and check the names."""
     names = [m.strip() for value in requested for m in value.split(",") if m.strip()] or ["all"]
-    names = [m for name in names for m in (available if name == "all" else [name])]
+    names = [m for name in names for m in (MODES if name == "all" else [name])]
     unknown = next((m for m in names if m not in MODES), None)
     if unknown is not None:
         raise ValueError(f"unknown search mode '{unknown}' (known: {', '.join(MODES)}, all)")
-    missing = next((m for m in names if m not in available), None)
-    if missing is not None:
-        raise ValueError(f"this index cannot search in mode '{missing}' (it can: {', '.join(available)})")
     return list(dict.fromkeys(names))
 
 
 def engine_search(engine: "SearchEngine") -> SearchFn:
-    with_modes = engine_modes(engine) != ["vector"]  # an engine without modes takes no `mode` argument
-
-    def search(text: str, k: int, mode: str) -> list[str]:
-        result = engine.search_text(text, k, mode=mode) if with_modes else engine.search_text(text, k)
-        return [hit.product.id for hit in result.hits]
-
-    return search
+    return lambda text, k, mode: [hit.product.id for hit in engine.search_text(text, k, mode=mode).hits]
 
 
 def evaluate_index(engine: "SearchEngine", judged: JudgedQueries, modes: Sequence[str], out_dir: str | Path,
                    name: str = "judged", depth: int = DEPTH) -> dict:
     """Evaluate an index on judged queries; writes ``<out>/eval/<name>.json`` and ``<name>-per-query.jsonl``."""
-    modes = mode_list(modes, engine_modes(engine))
+    modes = mode_list(modes)
     index_ids = engine.index.store.product_ids()
     result, rows = evaluate_judged(engine_search(engine), judged, modes, index_ids, name, depth)
     result["index"] = str(engine.index.path)
