@@ -61,7 +61,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_engine,
             [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config), "run", f"{url}/openapi.json",
              "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful", "--seed", str(SEED),
              "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--report", "json", "--report-json-path", str(report)],
-            capture_output=True, text=True, timeout=900,
+            capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its cache folder goes there
         )
     result = json.loads(report.read_text())
     assert (result["failures"], result["errors"]) == ([], []), run.stdout[-6000:]
