@@ -40,7 +40,7 @@ def _in_threads(fn, args_list):
 
 def test_callers_waiting_together_are_encoded_as_one_batch_with_their_own_results():
     encoder = _GatedEncoder()
-    batcher = TextBatcher(encoder, window_ms=1, max_batch=32)
+    batcher = TextBatcher(encoder, window_ms=1, max_batch=32, threads=1)
     first, first_result = _in_threads(batcher.encode_texts, [(["red shoes"],)])
     assert encoder.entered.wait(30)
     texts = ["green", "blue", "yellow", "black", "white", "red", "blue green"]

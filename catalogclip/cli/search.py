@@ -146,12 +146,20 @@ def serve(
     port: int = typer.Option(8000),
     catalog_root: Optional[Path] = typer.Option(None, help="Folder the catalog's image paths start from, if it moved."),
     device: str = typer.Option("cpu"),
+    workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model and index."),
 ) -> None:
     """Serve the search API and web page (http://HOST:PORT/)."""
     with user_errors():
         from catalogclip.search.engine import open_engine
         from catalogclip.search.service import serve as serve_engine
+        from catalogclip.search.service import serve_workers
 
-        engine = open_engine(index_path, run, device, catalog_root=catalog_root)
+        engine = open_engine(index_path, run, device, catalog_root=catalog_root)  # fails here, not in each worker
         typer.echo(f"serving {len(engine.index)} products on http://{host}:{port}/ (API docs: /docs)")
-        serve_engine(engine, host, port)
+        if workers == 1:
+            serve_engine(engine, host, port)
+            return
+        engine.index.close()
+        del engine
+        args = {"index_path": str(index_path), "run": str(run) if run else None, "device": device, "catalog_root": str(catalog_root) if catalog_root else None}
+        serve_workers(args, workers, host, port)

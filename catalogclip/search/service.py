@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -201,6 +202,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
             "encoder_model_id": engine.encoder.model_id,
             "kind": index.kind,
             "detail": engine.incompatible,
+            "text_batches": {"batches": engine.encoder.batches, "texts": engine.encoder.texts} if isinstance(engine.encoder, TextBatcher) else None,
         }
 
     @app.get("/search", operation_id="search", responses=_result_links())
@@ -287,16 +289,44 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     return app
 
 
-def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000, options: ServiceOptions | None = None) -> None:
-    """Run the service until interrupted."""
+#: where uvicorn worker processes find what to serve (JSON: `open_engine` arguments, ServiceOptions)
+WORKER_SPEC_ENV = "CATALOGCLIP_SERVE_SPEC"
+
+
+def _one_thread_per_request() -> None:
+    """Torch and FAISS single-threaded: an OpenMP team per request thread only contends for the
+    cores; concurrency comes from requests, batches and worker processes."""
     import faiss
     import torch
-    import uvicorn
 
-    # one thread per request: an OpenMP team per request thread only contends for the cores
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
+
+
+def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000, options: ServiceOptions | None = None) -> None:
+    """Run the service in this process until interrupted."""
+    import uvicorn
+
+    _one_thread_per_request()
     uvicorn.run(create_app(engine, options), host=host, port=port, log_level="info")
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "ServiceOptions", "create_app", "serve"]
+def worker_app() -> FastAPI:
+    """uvicorn's app factory in each worker process: its own engine, from WORKER_SPEC_ENV."""
+    from catalogclip.search.engine import open_engine
+
+    spec = json.loads(os.environ[WORKER_SPEC_ENV])
+    _one_thread_per_request()
+    return create_app(open_engine(**spec["engine"]), ServiceOptions(**spec["options"]))
+
+
+def serve_workers(engine_args: dict, workers: int, host: str = "127.0.0.1", port: int = 8000, options: ServiceOptions | None = None) -> None:
+    """Run `workers` processes on one port, each with its own engine (model, index, batcher), so
+    the per-request Python work is not serialised by one interpreter lock."""
+    import uvicorn
+
+    os.environ[WORKER_SPEC_ENV] = json.dumps({"engine": engine_args, "options": asdict(options or ServiceOptions())})
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port, log_level="info")
+
+
+__all__ = ["MAX_UPLOAD_BYTES", "ServiceOptions", "create_app", "serve", "serve_workers", "worker_app"]
