@@ -202,7 +202,7 @@ def profile_text_query(index: Path, words: list[str], n: int = 200) -> dict:
         "encode_in_batches_of_8_ms_per_query": round(per_query(engine.encoder.encode_texts, batches) / 8, 3),
         "vector_search_and_metadata_ms": per_query(lambda _: engine.index.search(vector, 10), queries),
         "whole_search_text_ms": per_query(lambda q: engine.search_text(q, 10), queries),
-        "json_ms": per_query(lambda q: json.dumps(_result_json(engine.search_text(q, 10))), queries[:50]),
+        "result_json_ms": per_query(lambda r: json.dumps(_result_json(r)), [engine.search_text(q, 10) for q in queries[:50]]),
     }
 
 

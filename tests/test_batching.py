@@ -1,4 +1,4 @@
-"""Micro-batching of text queries: same vectors as encoding alone, concurrent callers share a batch."""
+"""Micro-batching of queries: same vectors as encoding alone, concurrent callers share a batch."""
 import threading
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from _searchkit import PaletteEncoder
 
-from catalogclip.search.batching import TextBatcher
+from catalogclip.search.batching import BatchingEncoder
 
 
 class _GatedEncoder(PaletteEncoder):
@@ -40,12 +40,12 @@ def _in_threads(fn, args_list):
 
 def test_callers_waiting_together_are_encoded_as_one_batch_with_their_own_results():
     encoder = _GatedEncoder()
-    batcher = TextBatcher(encoder, window_ms=1, max_batch=32, threads=1)
+    batcher = BatchingEncoder(encoder, window_ms=1, max_batch=32, threads=1)
     first, first_result = _in_threads(batcher.encode_texts, [(["red shoes"],)])
     assert encoder.entered.wait(30)
     texts = ["green", "blue", "yellow", "black", "white", "red", "blue green"]
     threads, results = _in_threads(batcher.encode_texts, [([t],) for t in texts])
-    while batcher._queue.qsize() < len(texts):  # all seven are queued behind the blocked batch
+    while batcher.texts._queue.qsize() < len(texts):  # all seven are queued behind the blocked batch
         threading.Event().wait(0.01)
     encoder.release.set()
     for t in first + threads:
@@ -54,13 +54,13 @@ def test_callers_waiting_together_are_encoded_as_one_batch_with_their_own_result
     alone = PaletteEncoder()
     for text, result in zip(texts, results):
         np.testing.assert_allclose(result[0], alone.encode_texts([text])[0], atol=1e-6)
-    assert (batcher.batches, batcher.texts) == (2, 8)
+    assert batcher.stats() == {"text": {"batches": 2, "items": 8}, "image": {"batches": 0, "items": 0}}
     batcher.close()
 
 
 def test_entities_travel_with_their_text_and_missing_ones_become_empty():
     encoder = PaletteEncoder(vocabs={"colour": ["Red"]})
-    batcher = TextBatcher(encoder, window_ms=50)
+    batcher = BatchingEncoder(encoder, window_ms=50)
     threads, results = _in_threads(batcher.encode_texts, [(["shoes"], [{"colour": "Red"}]), (["shoes"], None)])
     for t in threads:
         t.join(30)
@@ -78,7 +78,7 @@ def test_an_encoder_failure_reaches_every_waiting_caller_and_the_batcher_goes_on
                 raise RuntimeError("encoder failed")
             return super().encode_texts(texts, entities)
 
-    batcher = TextBatcher(Failing(), window_ms=1)
+    batcher = BatchingEncoder(Failing(), window_ms=1)
     with pytest.raises(RuntimeError, match="encoder failed"):
         batcher.encode_texts(["boom"])
     assert batcher.encode_texts(["red"]).shape == (1, PaletteEncoder().dim)
@@ -93,11 +93,44 @@ def test_a_real_text_tower_gives_the_same_vectors_batched_as_alone():
     torch.manual_seed(0)
     encoder = RunEncoder(method=build_method("clip", BackboneConfig(spec="tiny")), model_id="tiny-test")
     texts = ["black puma running shoes", "red", "a much longer query about striped cotton shirts for men", "x"]
-    batcher = TextBatcher(encoder, window_ms=200)
+    batcher = BatchingEncoder(encoder, window_ms=200)
     threads, results = _in_threads(batcher.encode_texts, [([t],) for t in texts])
     for t in threads:
         t.join(60)
     for text, result in zip(texts, results):
         np.testing.assert_allclose(result[0], encoder.encode_texts([text])[0], atol=1e-5)
-    assert batcher.batches < len(texts)  # some queries shared a batch
+    assert batcher.texts.batches < len(texts)  # some queries shared a batch
+    batcher.close()
+
+
+def test_concurrent_images_share_a_batch_and_keep_their_own_vectors():
+    from _searchkit import PALETTE
+    from PIL import Image
+
+    class GatedImages(PaletteEncoder):
+        def __init__(self):
+            super().__init__()
+            self.calls, self.entered, self.release = [], threading.Event(), threading.Event()
+
+        def encode_images(self, images):
+            self.calls.append(len(images))
+            if len(self.calls) == 1:
+                self.entered.set()
+                self.release.wait(30)
+            return super().encode_images(images)
+
+    encoder = GatedImages()
+    batcher = BatchingEncoder(encoder, window_ms=1, threads=1)
+    images = [Image.new("RGB", (8, 8), PALETTE[c]) for c in ("red", "green", "blue", "black")]
+    first, _ = _in_threads(batcher.encode_images, [([images[0]],)])
+    assert encoder.entered.wait(30)
+    threads, results = _in_threads(batcher.encode_images, [([im],) for im in images[1:]])
+    while batcher.images._queue.qsize() < 3:
+        threading.Event().wait(0.01)
+    encoder.release.set()
+    for t in first + threads:
+        t.join(30)
+    assert encoder.calls == [1, 3]
+    for image, result in zip(images[1:], results):
+        np.testing.assert_allclose(result[0], PaletteEncoder().encode_images([image])[0], atol=1e-6)
     batcher.close()

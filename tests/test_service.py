@@ -373,3 +373,29 @@ def test_the_image_route_serves_only_images_with_their_sniffed_type(tmp_path):
     assert refused.status_code == 404 and "root:x" not in refused.text
     assert refused.json()["detail"] == "image 0 of product 'p00' is missing or not an image"
     assert client.get("/products/p02/images/-1").status_code == 404
+
+
+def test_the_image_route_never_serves_a_file_outside_the_catalog_root(tmp_path):
+    """Outside images that are real PNGs (so sniffing alone would pass them), reached by an
+    absolute path, by ../ and by a symlink swapped in after indexing: all 404, bytes never sent."""
+    import os
+
+    import numpy as np
+
+    from catalogclip.catalog.schema import ImageRef, Product
+
+    root = tmp_path / "shop"
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
+    outside = tmp_path / "private.png"
+    outside.write_bytes(png_bytes("blue"))
+    evil = Product("evil", "Blue thing", images=[ImageRef("images/p00_0.png"), ImageRef(str(outside)), ImageRef("images/../../private.png")])
+    index.add([evil], np.eye(3, PaletteEncoder().dim, dtype=np.float32), [(0, 0), (0, 1), (0, 2)])  # as a tampered index would hold it
+    index.commit()
+    (root / "images" / "p02_0.png").unlink()
+    os.symlink(outside, root / "images" / "p02_0.png")
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    assert client.get("/products/evil/images/0").status_code == 200  # the inside image still serves
+    for url in ("/products/evil/images/1", "/products/evil/images/2", "/products/p02/images/0"):
+        response = client.get(url)
+        assert response.status_code == 404 and "outside the catalog root" in response.json()["detail"], (url, response.text)
+    assert str(tmp_path) not in client.get("/products/evil").text

@@ -7,8 +7,8 @@ an upload that is not an accepted image (415), a mistyped parameter (422), an im
 processed in time (503). No message or product carries a server path.
 
 Uploads are sniffed (JPEG, PNG, WebP, GIF, BMP only) before Pillow sees them, then decoded and
-encoded in a small pool of image threads with a time budget, so they never stall the event loop
-nor queue ahead of text searches; concurrent text queries are encoded in micro-batches
+encoded off the event loop with a time budget, in threads of their own, so they never stall it
+nor queue ahead of text searches; concurrent queries are encoded in micro-batches
 (catalogclip/search/batching.py).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from catalogclip.search.batching import TextBatcher
+from catalogclip.search.batching import BatchingEncoder
 from catalogclip.search.engine import MAX_K, SearchEngine, SearchResult
 from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
 from catalogclip.search.query import QueryError
@@ -116,13 +116,14 @@ def _k(raw: str | None) -> int:
 
 
 class ImageWorkers:
-    """A few threads for image work (decode, resize, encode), with a time budget per upload.
+    """A few threads for image work (decode, resize, then encode through the batcher), with a
+    time budget per upload.
 
     Separate from the threads serving text searches, so uploads queue among themselves; an
     upload still waiting when its budget runs out is dropped, not run later.
     """
 
-    def __init__(self, threads: int = 1, timeout_s: float = IMAGE_TIMEOUT_S) -> None:
+    def __init__(self, threads: int = 2, timeout_s: float = IMAGE_TIMEOUT_S) -> None:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="image")
         self.timeout_s = timeout_s
 
@@ -140,10 +141,11 @@ class ImageWorkers:
 @dataclass
 class ServiceOptions:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
-    #: how long a text query waits for others to share its encoder batch (0: no batching)
+    #: how long a query waits for others to share its model batch (0: no batching)
     batch_window_ms: float = 2.0
     max_batch: int = 32
-    image_threads: int = 1
+    #: threads decoding uploads (the model runs in the batcher's threads)
+    image_threads: int = 2
     image_timeout_s: float = IMAGE_TIMEOUT_S
 
 
@@ -167,14 +169,14 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     options = options or ServiceOptions()
     index = engine.index
     if options.batch_window_ms > 0:
-        engine = SearchEngine(index, TextBatcher(engine.encoder, options.batch_window_ms, options.max_batch))
+        engine = SearchEngine(index, BatchingEncoder(engine.encoder, options.batch_window_ms, options.max_batch))
     images = ImageWorkers(options.image_threads, options.image_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         images.close()
-        if isinstance(engine.encoder, TextBatcher):
+        if isinstance(engine.encoder, BatchingEncoder):
             engine.encoder.close()
 
     app = FastAPI(
@@ -202,7 +204,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
             "encoder_model_id": engine.encoder.model_id,
             "kind": index.kind,
             "detail": engine.incompatible,
-            "text_batches": {"batches": engine.encoder.batches, "texts": engine.encoder.texts} if isinstance(engine.encoder, TextBatcher) else None,
+            "batches": engine.encoder.stats() if isinstance(engine.encoder, BatchingEncoder) else None,
         }
 
     @app.get("/search", operation_id="search", responses=_result_links())
