@@ -11,8 +11,12 @@ Sides run alternately (before, after, before, after ...) so drift in the machine
 Also profiles one text query in process, stage by stage (entity linking, text encoding alone and
 in batches, vector search, metadata, JSON), on the after side's engine.
 
-    git worktree add /tmp/svc-before 4b570cd
-    python benchmarks/bench_service.py --index IDX --before-src /tmp/svc-before
+    git worktree add /tmp/svc-before 468675d
+    python benchmarks/bench_service.py --index IDX --before-src /tmp/svc-before --before-index IDX_OLD
+
+`--before-index` is the same catalog and run indexed by the old code, when the index format
+changed in between. Text queries ask for `mode=vector` (what the old code does; it ignores the
+parameter), so both sides do the same work.
 
 `--prepare DIR` makes IDX first (synthetic catalog, clip with the twotower backbone trained for a
 few steps, index). Results: benchmarks/results/bench_service.json.
@@ -123,7 +127,7 @@ def _jpeg(rng: np.random.Generator, side: int = 224) -> bytes:
     return buf.getvalue()
 
 
-async def load(base: str, mix: str, clients: int, seconds: float, words: list[str], ids: list[str], seed: int) -> dict:
+async def load(base: str, mix: str, clients: int, seconds: float, words: list[str], ids: list[str], seed: int, mode: str = "vector") -> dict:
     """`clients` concurrent clients sending requests of the `mix` for `seconds`; per-kind latencies."""
     import httpx
 
@@ -138,9 +142,9 @@ async def load(base: str, mix: str, clients: int, seconds: float, words: list[st
 
     async def one(client: httpx.AsyncClient, kind: str, rng) -> httpx.Response:
         if kind == "text":
-            return await client.get("/search", params={"q": query(rng), "k": 10})
+            return await client.get("/search", params={"q": query(rng), "k": 10, "mode": mode})
         if kind == "filtered":
-            return await client.get("/search", params={"q": query(rng), "k": 10, "filters": json.dumps({"category": "Apparel"})})
+            return await client.get("/search", params={"q": query(rng), "k": 10, "mode": mode, "filters": json.dumps({"category": "Apparel"})})
         if kind == "product":
             pid = str(rng.choice(ids))
             return await client.get(f"/products/{pid}/similar" if rng.random() < 0.5 else f"/products/{pid}", params={"k": 10})
@@ -173,7 +177,7 @@ async def load(base: str, mix: str, clients: int, seconds: float, words: list[st
     }
 
 
-def profile_text_query(index: Path, words: list[str], n: int = 200) -> dict:
+def profile_text_query(index: Path, words: list[str], mode: str, n: int = 200) -> dict:
     """Milliseconds per stage of a text query, in this process with one thread."""
     import faiss
     import torch
@@ -197,12 +201,13 @@ def profile_text_query(index: Path, words: list[str], n: int = 200) -> dict:
     batches = [queries[i : i + 8] for i in range(0, n, 8)]
     return {
         "threads": 1,
+        "mode": mode,
         "link_entities_ms": per_query(engine.understand, queries),
         "encode_alone_ms": per_query(lambda q: engine.encoder.encode_texts([q]), queries),
         "encode_in_batches_of_8_ms_per_query": round(per_query(engine.encoder.encode_texts, batches) / 8, 3),
         "vector_search_and_metadata_ms": per_query(lambda _: engine.index.search(vector, 10), queries),
-        "whole_search_text_ms": per_query(lambda q: engine.search_text(q, 10), queries),
-        "result_json_ms": per_query(lambda r: json.dumps(_result_json(r)), [engine.search_text(q, 10) for q in queries[:50]]),
+        "whole_search_text_ms": per_query(lambda q: engine.search_text(q, 10, mode=mode), queries),
+        "result_json_ms": per_query(lambda r: json.dumps(_result_json(r)), [engine.search_text(q, 10, mode=mode) for q in queries[:50]]),
     }
 
 
@@ -220,6 +225,8 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=500)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--before-src", type=Path, required=True, help="checkout of the code to compare against")
+    parser.add_argument("--before-index", type=Path, help="the index as the old code built it (default: --index)")
+    parser.add_argument("--mode", default="vector", help="search mode of text queries (vector | lexical | hybrid)")
     parser.add_argument("--after-src", type=Path, default=HERE, help="checkout of the new code (default: this one)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20)
@@ -239,19 +246,20 @@ def main() -> None:
     opened.close()
 
     load_before = os.getloadavg()
-    profile = profile_text_query(index, words)
+    profile = profile_text_query(index, words, args.mode)
     print("profile:", json.dumps(profile))
-    sides = [("before", args.before_src.resolve(), 1), *((f"after-{w}w", args.after_src.resolve(), w) for w in args.after_workers)]
-    runs: dict[str, list[dict]] = {f"{side}/{mix}": [] for mix in args.mixes for side, _, _ in sides}
+    sides = [("before", args.before_src.resolve(), 1, args.before_index or index),
+             *((f"after-{w}w", args.after_src.resolve(), w, index) for w in args.after_workers)]
+    runs: dict[str, list[dict]] = {f"{side}/{mix}": [] for mix in args.mixes for side, *_ in sides}
     for round_no in range(args.rounds):
         for mix in args.mixes:
-            for side, src, workers in sides:
-                server = Server(src, index, workers)
+            for side, src, workers, served in sides:
+                server = Server(src, served, workers)
                 try:
                     server.wait()
-                    asyncio.run(load(server.base, mix, args.clients, 3, words, ids, seed=99))  # warm up
+                    asyncio.run(load(server.base, mix, args.clients, 3, words, ids, 99, args.mode))  # warm up
                     cpu = server.cpu_seconds()
-                    result = asyncio.run(load(server.base, mix, args.clients, args.seconds, words, ids, seed=round_no))
+                    result = asyncio.run(load(server.base, mix, args.clients, args.seconds, words, ids, round_no, args.mode))
                     # CPU per request: what a contended machine distorts least (it skews shares, not costs)
                     result["server_cpu_ms_per_request"] = round((server.cpu_seconds() - cpu) * 1000 / max(result["requests"], 1), 2)
                 finally:
@@ -265,7 +273,7 @@ def main() -> None:
         rate_before = float(np.mean([r["text"]["per_s"] for r in before]))
         summary[mix] = {"before": {"text_per_s": round(rate_before, 1), "text_p99_ms": [r["text"]["p99_ms"] for r in before],
                                    "server_cpu_ms_per_request": [r["server_cpu_ms_per_request"] for r in before]}}
-        for side, _, _ in sides[1:]:
+        for side, *_ in sides[1:]:
             after = runs[f"{side}/{mix}"]
             rate = float(np.mean([r["text"]["per_s"] for r in after]))
             summary[mix][side] = {

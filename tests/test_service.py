@@ -32,6 +32,9 @@ def colours(body):
 def test_healthz_and_openapi(client):
     body = client.get("/healthz").json()
     assert body["status"] == "ok" and body["products"] == 12 and body["model_id"] == "palette-v1"
+    texts = body["batches"]["text"]["items"]
+    client.get("/search", params={"q": "red", "mode": "vector"})
+    assert client.get("/healthz").json()["batches"]["text"]["items"] == texts + 1  # the query went through the batcher
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/search", "/search/image", "/category", "/facets", "/products/{product_id}", "/products/{product_id}/similar", "/healthz"):
         assert path in paths
