@@ -11,11 +11,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_nodes
 from catalogclip.embeddings import Embeddings
+from catalogclip.featurise.engines import ImageJob, featurise
+from catalogclip.featurise.runtime import TowerForward, open_tower
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
 from catalogclip.train.data import attribute_text, image_cache, load_rgb, usable_image_files
@@ -109,19 +110,34 @@ def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
 
 
-@torch.no_grad()
-def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache, progress: bool) -> torch.Tensor:
+def tower_kind(method: Method) -> str:
+    return "tokens" if method.image_input == "tokens" else "features"
+
+
+def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache, progress: bool, runtime: str = "auto") -> torch.Tensor:
     """The image tower's outputs for every path, each image encoded once: from (and into) the
     feature cache when one is given (a frozen tower's `image_cache`), else computed in batches."""
     if cache is not None:
         return cache.fill(paths, load_rgb)
-    tower = method.backbone.image_tokens if method.image_input == "tokens" else method.backbone.image_features
-    chunks = list(_chunks(paths, batch_size))
-    outputs = [
-        tower(_pixels(method, [load_rgb(p) for p in chunk])).cpu()
-        for chunk in tqdm(chunks, desc="embed images", unit="batch", disable=not progress)
-    ]
-    return torch.cat(outputs) if outputs else torch.zeros(0)
+    job = ImageJob(load_rgb, method.backbone.image_transform(train=False), TowerForward(method.backbone, tower_kind(method), runtime), batch_size)
+    rows, _ = featurise(job, paths, progress=progress)
+    return torch.from_numpy(rows) if len(paths) else torch.zeros(0)
+
+
+class MethodImages:
+    """The `Forward` of a method's image embeddings: its image tower on a tower runtime, then its head."""
+
+    def __init__(self, method: Method, runtime: str = "auto") -> None:
+        self.method = method
+        self.runtime = runtime
+
+    def open(self, sample: torch.Tensor) -> "MethodImages":
+        self.tower = open_tower(self.method.backbone, tower_kind(self.method), self.runtime, sample)
+        self.name = self.tower.name
+        return self
+
+    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        return embed_tower_outputs(self.method, torch.from_numpy(self.tower(pixels)))
 
 
 def embed_catalog(
@@ -194,3 +210,7 @@ class RunEncoder:
 
     def encode_categories(self, paths: list[str]) -> np.ndarray:
         return embed_category_paths(self.method, list(paths))
+
+    def image_job(self, batch_size: int = 32, runtime: str = "auto") -> ImageJob:
+        """Image files -> this run's image vectors, for the embedding engines (`index`)."""
+        return ImageJob(load_rgb, self.method.backbone.image_transform(train=False), MethodImages(self.method, runtime), batch_size)

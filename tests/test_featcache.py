@@ -121,7 +121,7 @@ def test_a_killed_fill_keeps_its_finished_shards(tmp_path):
     assert reopened.missing(paths) == [4, 5, 6]  # two complete shards; the 5th row was never saved
     loader = CountingLoader()
     rows = reopened.fill(paths, loader, progress=False)
-    assert loader.opened == paths[4:]
+    assert sorted(loader.opened) == paths[4:]  # decoded by concurrent threads: any order
     torch.testing.assert_close(rows.float(), direct(backbone, paths), atol=2e-3, rtol=2e-3)
 
 

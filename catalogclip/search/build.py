@@ -1,6 +1,6 @@
 """Build or update an index from a catalog with any `Encoder`.
 
-Images are embedded in batches with a progress bar. Finished shards of vectors are kept in a
+Images are embedded in batches by an embedding engine (catalogclip/featurise: in this process, or Ray). Finished shards of vectors are kept in a
 work folder beside the index (``.IDX.embedding/``), so an interrupted build resumes where it
 stopped; the work folder is removed once the index is written.
 """
@@ -9,18 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, _relative_path
 from catalogclip.embeddings import Encoder
+from catalogclip.featurise.engines import EmbeddingEngine, ImageJob, LocalEngine, Shard, ShardResult
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.search.backend import Connection, VectorParams
 from catalogclip.search.index import ProductIndex, check_replaceable
@@ -56,6 +56,37 @@ def _load(path: Path) -> Image.Image | str:
         return f"cannot decode: {exc}"
 
 
+class EncoderImages:
+    """The `Forward` of any `Encoder`: decoded PIL images in, its vectors out (no separate preprocessing)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    def open(self, sample: list[Image.Image]):
+        return self
+
+    name = "encoder"
+
+    def __call__(self, images: list[Image.Image]) -> np.ndarray:
+        return np.asarray(self.encoder.encode_images(images), dtype=np.float32)
+
+
+def _as_is(image: Image.Image) -> Image.Image:
+    return image
+
+
+def _as_list(images: list) -> list:
+    return images
+
+
+def image_job(encoder: Encoder, batch_size: int) -> ImageJob:
+    """How `encoder` turns image files into vectors: its own `image_job` where it has one (a run's
+    preprocessing and fast tower runtime), else decoded images handed to `encode_images`."""
+    if hasattr(encoder, "image_job"):
+        return replace(encoder.image_job(), load=_load, batch_size=batch_size)
+    return ImageJob(_load, _as_is, EncoderImages(encoder), batch_size, collate=_as_list)
+
+
 def embed_images(
     encoder: Encoder,
     catalog: Catalog,
@@ -65,14 +96,14 @@ def embed_images(
     shard_size: int = SHARD_SIZE,
     problems: ProblemLog | None = None,
     progress: bool = True,
-    workers: int = 2,
+    engine: EmbeddingEngine | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Vectors of every readable image and their (product number, image number) refs.
 
     Unreadable images are logged as "broken image" (with the catalog's file and line) and left
     out; the catalog must already be `confined` to its roots. Shards already in `work_dir`
     from the same encoder and image list are reused, so a second call after an interruption
-    only embeds what is missing.
+    only embeds what is missing. `engine` runs the model (default: in this process).
     """
     problems = problems if problems is not None else ProblemLog()
     work_dir = Path(work_dir)
@@ -84,40 +115,31 @@ def embed_images(
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 
+    paths = [catalog.image_path(catalog.products[p].images[i]) for p, i in refs]
+    shards = [
+        Shard(paths[start : start + shard_size], tag=work_dir / f"shard-{shard_no:06d}.npz")
+        for shard_no, start in enumerate(range(0, len(refs), shard_size))
+    ]
+    todo = [shard for shard in shards if not shard.tag.exists()]
+    (engine or LocalEngine()).run(image_job(encoder, batch_size), todo, partial(_write_shard, dim=encoder.dim), progress)
+
     vectors, kept = [], []
-    with tqdm(total=len(refs), desc="embed images", unit="img", disable=not progress) as bar, ThreadPoolExecutor(workers) as pool:
-        for shard_no, start in enumerate(range(0, len(refs), shard_size)):
-            shard_refs = refs[start : start + shard_size]
-            shard_path = work_dir / f"shard-{shard_no:06d}.npz"
-            if not shard_path.exists():
-                _embed_shard(encoder, catalog, shard_refs, shard_path, batch_size, pool, bar)
-            else:
-                bar.update(len(shard_refs))
-            with np.load(shard_path) as shard:
-                ok = shard["ok"]
-                vectors.append(shard["vectors"])
-                for ref, good, error in zip(shard_refs, ok, shard["errors"]):
-                    if good:
-                        kept.append(ref)
-                    else:
-                        catalog.report_image(problems, "broken image", ref[0], ref[1], str(error))
+    for shard, start in zip(shards, range(0, len(refs), shard_size)):
+        with np.load(shard.tag) as saved:
+            vectors.append(saved["vectors"])
+            for ref, error in zip(refs[start : start + shard_size], saved["errors"]):
+                if error:
+                    catalog.report_image(problems, "broken image", ref[0], ref[1], str(error))
+                else:
+                    kept.append(ref)
     return (np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)), kept
 
 
-def _embed_shard(encoder: Encoder, catalog: Catalog, refs, shard_path: Path, batch_size: int, pool, bar) -> None:
-    paths = [catalog.image_path(catalog.products[p].images[i]) for p, i in refs]
-    out, errors = [], []
-    for start in range(0, len(paths), batch_size):  # decode per batch: memory stays one batch of images
-        loaded = list(pool.map(_load, paths[start : start + batch_size]))
-        images = [x for x in loaded if not isinstance(x, str)]
-        if images:
-            out.append(np.asarray(encoder.encode_images(images), dtype=np.float32))
-        errors += [x if isinstance(x, str) else "" for x in loaded]
-        bar.update(len(loaded))
-    vectors = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
-    with atomic_path(shard_path) as tmp:
+def _write_shard(result: ShardResult, dim: int) -> None:
+    vectors = result.rows.reshape(-1, dim)
+    with atomic_path(result.shard.tag) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, vectors=vectors, ok=np.array([not e for e in errors], dtype=bool), errors=np.array(errors, dtype=str))
+            np.savez(fh, vectors=vectors, errors=np.array(result.errors, dtype=str))
 
 
 def _searchable(catalog: Catalog, refs: list[tuple[int, int]], problems: ProblemLog) -> tuple[list[Product], list[tuple[int, int]]]:
@@ -139,6 +161,8 @@ class BuildOptions:
     lexical: LexicalParams | None = None  # BM25 field weights (an update keeps the index's own)
     batch_size: int = 32
     progress: bool = True
+    #: what runs the model over the images (None: this process; see catalogclip/featurise)
+    engine: EmbeddingEngine | None = None
     run: str | None = None
     config: Mapping | None = None
     connection: Connection | None = None  # backend and where it keeps the vectors (default: faiss in the folder)
@@ -159,7 +183,7 @@ def build_index(
 def _build_index(encoder: Encoder, catalog: Catalog, out: str | Path, options: BuildOptions, problems: ProblemLog) -> ProductIndex:
     catalog = catalog.confined(problems)
     work = work_folder(out)
-    vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
+    vectors, refs = embed_images(encoder, catalog, work, batch_size=options.batch_size, problems=problems, progress=options.progress, engine=options.engine)
     products, refs = _searchable(catalog, refs, problems)
     products = [_rebased(p, catalog, catalog.root) for p in products]  # as `update_index` compares them
     index = ProductIndex.build(
@@ -204,7 +228,7 @@ def _update_index(
     # the index's roots are the truth: images of the new catalog outside them are left out
     to_embed = Catalog(fresh, index.catalog_root, index.roots.extra, catalog.file, catalog.lines).confined(problems)
     work = work_folder(index.path)
-    vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress)
+    vectors, refs = embed_images(encoder, to_embed, work, batch_size=options.batch_size, problems=problems, progress=options.progress, engine=options.engine)
     products, refs = _searchable(to_embed, refs, problems)
     index.delete(gone + [p.id for p in fresh])
     index.add(products, vectors, refs)

@@ -9,7 +9,10 @@ of the backbone's `feature_id` (or `text_feature_id`) and the kind. Inside, shar
 A shard counts once its ``.json`` exists and agrees with its ``.npy``, so a killed run leaves at
 worst an ignored orphan ``.npy``, never a half-read shard; concurrent writers use distinct shard ids.
 An image's key is its resolved path + size + mtime, so an edited image is recomputed; a text's key
-is the string. The index is an in-memory dict and shards are memory-mapped: lookups stay cheap
+is the string. Image rows are computed by an embedding engine (catalogclip/featurise) on the tower
+runtime `runtime` picks; every runtime offered computes in fp32 and agrees with eager PyTorch to a
+cosine of at least 0.9999, so the namespace does not depend on it (caches made before the runtimes
+existed stay valid) and each shard's ``.json`` records the runtime that made it. The index is an in-memory dict and shards are memory-mapped: lookups stay cheap
 for 100k images. Stale rows (edited images) stay on disk until the namespace folder is deleted.
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from catalogclip.featurise.engines import EmbeddingEngine, ImageJob, LocalEngine, Shard, ShardResult
+from catalogclip.featurise.runtime import TowerForward
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.models.backbones.base import Backbone
 
@@ -45,9 +50,18 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 
 class FeatureCache:
     """Cached outputs of a backbone's frozen tower: "features" (B, F) or "tokens" (B, N, C) of images,
-    or "text" features (B, F_txt) of strings; rows are stored and returned as float16."""
+    or "text" features (B, F_txt) of strings; rows are stored and returned as float16. Image rows are
+    computed by `engine` (default: in this process) with the tower on `runtime` ("auto", "torch", "onnx")."""
 
-    def __init__(self, root: str | Path, backbone: Backbone, kind: str = "features", shard_rows: int = 1024) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        backbone: Backbone,
+        kind: str = "features",
+        shard_rows: int = 1024,
+        runtime: str = "auto",
+        engine: EmbeddingEngine | None = None,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown feature cache kind '{kind}' (known: {', '.join(KINDS)})")
         tower = "text" if kind == "text" else "image"
@@ -56,6 +70,8 @@ class FeatureCache:
         self.backbone = backbone
         self.kind = kind
         self.shard_rows = shard_rows
+        self.runtime = runtime
+        self.engine = engine or LocalEngine()
         self.source_id = backbone.text_feature_id if kind == "text" else backbone.feature_id
         namespace = hashlib.sha256(f"{self.source_id}|{kind}".encode()).hexdigest()[:20]
         self.folder = Path(root) / namespace
@@ -132,39 +148,45 @@ class FeatureCache:
             raise ValueError(f"filling a '{self.kind}' cache needs load_fn (path -> PIL image)")
         keys = [self.key(item) for item in items]
         todo = list({key: item for key, item in zip(keys, items) if key not in self._index}.items())
+        if self.kind == "text":
+            self._fill_texts(todo, batch_size, progress)
+        elif todo:
+            self._fill_images(todo, load_fn, batch_size, progress)
+        return self._gather([self._index[key] for key in keys])
+
+    def _fill_images(self, todo: list[tuple[str, Item]], load_fn: Callable[[Path], Image.Image], batch_size: int, progress: bool) -> None:
+        chunks = [todo[start : start + self.shard_rows] for start in range(0, len(todo), self.shard_rows)]
+        shards = [Shard([Path(item) for _, item in chunk], tag=[key for key, _ in chunk]) for chunk in chunks]
+        transform = self.backbone.image_transform(train=False)
+        job = ImageJob(load_fn, transform, TowerForward(self.backbone, self.kind, self.runtime), batch_size)
+        with eval_mode(self.backbone):
+            self.engine.run(job, shards, self._write_result, progress)
+
+    def _write_result(self, result: ShardResult) -> None:
+        self._write_shard(result.shard.tag, result.rows.astype(np.float16), result.runtime)
+
+    @torch.no_grad()
+    def _fill_texts(self, todo: list[tuple[str, Item]], batch_size: int, progress: bool) -> None:
         pending_keys: list[str] = []
         pending_rows: list[np.ndarray] = []
-        with tqdm(total=len(todo), desc=f"caching {self.kind}", disable=not progress or not todo) as bar:
+        with tqdm(total=len(todo), desc="caching text", disable=not progress or not todo) as bar, eval_mode(self.backbone):
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                rows = self._compute([item for _, item in chunk], load_fn)
+                rows = self.backbone.text_features([str(item) for _, item in chunk])
                 pending_keys += [key for key, _ in chunk]
-                pending_rows.append(rows)
+                pending_rows.append(rows.float().cpu().numpy().astype(np.float16))
                 if len(pending_keys) >= self.shard_rows:
-                    self._write_shard(pending_keys, np.concatenate(pending_rows))
+                    self._write_shard(pending_keys, np.concatenate(pending_rows), "torch")
                     pending_keys, pending_rows = [], []
                 bar.update(len(chunk))
         if pending_keys:
-            self._write_shard(pending_keys, np.concatenate(pending_rows))
-        return self._gather([self._index[key] for key in keys])
+            self._write_shard(pending_keys, np.concatenate(pending_rows), "torch")
 
-    @torch.no_grad()
-    def _compute(self, items: list[Item], load_fn: Callable[[Path], Image.Image] | None) -> np.ndarray:
-        backbone = self.backbone
-        with eval_mode(backbone):
-            if self.kind == "text":
-                out = backbone.text_features([str(item) for item in items])
-            else:
-                transform = backbone.image_transform(train=False)
-                images = torch.stack([transform(load_fn(Path(item))) for item in items]).to(backbone.device)
-                out = backbone.image_tokens(images) if self.kind == "tokens" else backbone.image_features(images)
-        return out.float().cpu().numpy().astype(np.float16)
-
-    def _write_shard(self, keys: list[str], rows: np.ndarray) -> None:
+    def _write_shard(self, keys: list[str], rows: np.ndarray, runtime: str) -> None:
         name = f"shard-{uuid.uuid4().hex[:16]}"
         if not (self.folder / "source.json").exists():
             atomic_write_json(self.folder / "source.json", {"source": self.source_id, "kind": self.kind})
         with atomic_path(self.folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, rows)
-        atomic_write_json(self.folder / f"{name}.json", {"keys": keys, "shape": list(rows.shape)})
+        atomic_write_json(self.folder / f"{name}.json", {"keys": keys, "shape": list(rows.shape), "runtime": runtime})
         self._load_shard(self.folder / f"{name}.json")

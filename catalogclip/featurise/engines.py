@@ -1,0 +1,171 @@
+"""The embedding-engine seam: who runs decode -> preprocess -> forward over a list of images.
+
+Callers (the feature cache, `embed`, `index`) cut their work into `Shard`s, describe it as an
+`ImageJob` and pass a sink that writes one finished shard atomically; they skip the shards they
+already have, which is what makes a killed job resume without recomputing finished shards.
+Engines are registered by name (`EMBEDDING_ENGINES`): `local` (this process).
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from catalogclip.featurise.allocator import tune_allocator
+from catalogclip.registry import Registry
+
+#: the rows of a batch or shard without a usable image
+NO_ROWS = np.zeros((0,), np.float32)
+#: what a job's `load` returns: the image, or the reason it cannot be used (the row is left out)
+Loaded = Image.Image | str
+
+
+class Forward(Protocol):
+    """A model seen by an engine: opened once per process (or Ray actor) on a first batch."""
+
+    def open(self, sample: Any) -> Callable[[Any], np.ndarray]:
+        """A function from a collated batch to float32 rows; its `name` says what runs it."""
+        ...
+
+
+def stack(pixels: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(pixels)
+
+
+@dataclass
+class ImageJob:
+    """Image files -> rows. Picklable (module-level functions and modules), so Ray can ship it."""
+
+    load: Callable[[Path], Loaded]
+    transform: Callable[[Image.Image], Any]
+    forward: Forward
+    batch_size: int = 32
+    collate: Callable[[list], Any] = stack
+
+
+@dataclass
+class Shard:
+    """Images whose rows are written together; `tag` is the caller's (a file name, a position)."""
+
+    paths: list[Path]
+    tag: Any = None
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
+    rows: np.ndarray  # the rows of the usable images, in order
+    errors: list[str]  # per image: "" or why it was left out
+    runtime: str  # what ran the model
+
+
+Sink = Callable[[ShardResult], None]
+
+
+class EmbeddingEngine(Protocol):
+    def run(self, job: ImageJob, shards: Sequence[Shard], sink: Sink, progress: bool = True) -> None:
+        """Compute every shard and hand each to `sink` once complete (in any order)."""
+        ...
+
+
+EMBEDDING_ENGINES: Registry[Callable[..., EmbeddingEngine]] = Registry("embedding engine")
+
+
+def make_engine(name: str = "local", **options) -> EmbeddingEngine:
+    return EMBEDDING_ENGINES.get(name)(**options)
+
+
+def decode_batch(job: ImageJob, paths: Sequence[Path]) -> tuple[list[Any], list[str]]:
+    """Preprocessed inputs of the usable images, and one error string per path ("" when usable)."""
+    inputs, errors = [], []
+    for path in paths:
+        loaded = job.load(Path(path))
+        if isinstance(loaded, str):
+            errors.append(loaded)
+        else:
+            inputs.append(job.transform(loaded))
+            errors.append("")
+    return inputs, errors
+
+
+class ShardAssembler:
+    """Collects a shard's batches (which may arrive out of order) and emits it once complete."""
+
+    def __init__(self, shards: Sequence[Shard], batch_size: int, sink: Sink) -> None:
+        self.shards = shards
+        self.sink = sink
+        self.expected = [-(-len(s.paths) // batch_size) for s in shards]
+        self.parts: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {}
+
+    def add(self, shard_no: int, batch_no: int, rows: np.ndarray, errors: list[str], runtime: str) -> None:
+        parts = self.parts.setdefault(shard_no, {})
+        parts[batch_no] = (rows, errors)
+        if len(parts) == self.expected[shard_no]:
+            ordered = [parts[b] for b in sorted(parts)]
+            del self.parts[shard_no]
+            usable = [r for r, _ in ordered if len(r)]
+            rows = np.concatenate(usable) if usable else NO_ROWS
+            self.sink(ShardResult(self.shards[shard_no], rows, [e for _, es in ordered for e in es], runtime))
+
+
+def shard_batches(shards: Sequence[Shard], batch_size: int) -> list[tuple[int, int, list[Path]]]:
+    """(shard number, batch number, paths) of every batch; shards never share a batch."""
+    return [
+        (s, b, shard.paths[start : start + batch_size])
+        for s, shard in enumerate(shards)
+        for b, start in enumerate(range(0, len(shard.paths), batch_size))
+    ]
+
+
+@EMBEDDING_ENGINES.register("local")
+@dataclass
+class LocalEngine:
+    """In this process: decoder threads prepare the next batches while the model runs the current one
+    (PIL and ONNX Runtime release the GIL), and glibc's allocator is tuned first."""
+
+    decode_threads: int = 2
+    #: batches decoded ahead of the forward pass
+    prefetch: int = 2
+    name: str = field(default="local", init=False)
+
+    def run(self, job: ImageJob, shards: Sequence[Shard], sink: Sink, progress: bool = True) -> None:
+        tune_allocator()
+        batches = shard_batches(shards, job.batch_size)
+        assembler = ShardAssembler(shards, job.batch_size, sink)
+        model = None
+        pending: deque[Future] = deque()
+        total = sum(len(s.paths) for s in shards)
+        with ThreadPoolExecutor(self.decode_threads) as pool, tqdm(total=total, desc="featurise", unit="img", disable=not progress or not total) as bar:
+            try:
+                for k, (shard_no, batch_no, paths) in enumerate(batches):
+                    while len(pending) < self.prefetch + 1 and k + len(pending) < len(batches):
+                        pending.append(pool.submit(decode_batch, job, batches[k + len(pending)][2]))
+                    inputs, errors = pending.popleft().result()
+                    rows = NO_ROWS
+                    if inputs:
+                        batch = job.collate(inputs)
+                        if model is None:
+                            model = job.forward.open(batch)
+                        rows = np.asarray(model(batch), dtype=np.float32)
+                    assembler.add(shard_no, batch_no, rows, errors, getattr(model, "name", "none"))
+                    bar.update(len(paths))
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def featurise(job: ImageJob, paths: Sequence[Path], engine: EmbeddingEngine | None = None, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Rows of the usable images among `paths` (in order) and one error string per path, in memory."""
+    shards = [Shard(list(paths[start : start + 4096]), tag=n) for n, start in enumerate(range(0, len(paths), 4096))]
+    results: dict[int, ShardResult] = {}
+    (engine or LocalEngine()).run(job, shards, lambda result: results.__setitem__(result.shard.tag, result), progress)
+    done = [results[n] for n in range(len(shards))]
+    rows = [r.rows for r in done if len(r.rows)]
+    return (np.concatenate(rows) if rows else NO_ROWS), [e for r in done for e in r.errors]
