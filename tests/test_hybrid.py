@@ -61,6 +61,12 @@ def test_bm25_scores_match_the_formula(tmp_path):
     assert ids(index.search_lexical("the of", 10)) == []  # stop words only
 
 
+def test_products_without_words_leave_the_lexical_side_empty(tmp_path):
+    index = build_index(PaletteEncoder(), shop(tmp_path, {"a": "The", "b": "Of It"}, {"a": "red", "b": "blue"}), tmp_path / "idx", TITLES_ONLY)
+    assert index.search_lexical("the red", 5) == [] and len(ProductIndex.open(tmp_path / "idx").lexical) == 2
+    assert ids(SearchEngine(index, PaletteEncoder()).search_text("red", k=2).hits) == ["a", "b"]
+
+
 def test_field_weights_repeat_fields_and_are_saved(tmp_path):
     p = Product("x", "Red Tee", "soft cotton", [ImageRef("x.png")], {"brand": "Puma"}, ["Apparel", "Tshirts"])
     assert product_document(p, {"title": 2, "attributes": 1, "category": 0}) == "Red Tee \nRed Tee \nPuma"
@@ -218,3 +224,4 @@ def test_fusion_settings_are_read_from_the_index(tmp_path):
     index.delete(["p00"])
     with pytest.raises(RuntimeError, match="uncommitted product changes"):
         index.set_info(fusion=FusionConfig().to_json())
+

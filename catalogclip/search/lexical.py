@@ -102,7 +102,9 @@ class LexicalIndex:
             rows.append(row)
             corpus.append(analyse(product_document(product, params.weights)))
         retriever = bm25s.BM25(k1=params.k1, b=params.b)
-        retriever.index(corpus, show_progress=False)  # an empty corpus gets bm25s's empty token
+        if not any(corpus):  # bm25s cannot index an empty vocabulary; "" is never a query term
+            corpus = [[""]] * max(len(corpus), 1)
+        retriever.index(corpus, show_progress=False)
         return cls(retriever, np.asarray(rows, dtype=np.int64))
 
     @classmethod
