@@ -190,6 +190,12 @@ def test_entities_boost_in_every_mode_and_strict_filters(tmp_path):
     assert len(engine.search_text("apparel", k=12, strict=True).hits) == 8
 
 
+def test_index_values_without_a_searchable_word_are_not_recognised(tmp_path):
+    catalog = shop(tmp_path, {"a": "Red Tee", "b": "Blue Tee"}, {"a": "red", "b": "blue"}, a={"fit": "The"}, b={"fit": "Slim"})
+    engine = SearchEngine(build_index(PaletteEncoder(), catalog, tmp_path / "idx", TITLES_ONLY), PaletteEncoder())
+    assert [(m.group, m.value) for m in engine.search_text("the slim tee").entities] == [("fit", "Slim")]
+
+
 def test_update_keeps_the_lexical_side_in_sync(tmp_path):
     root = tmp_path / "shop"
     catalog = read_jsonl(write_catalog(root))

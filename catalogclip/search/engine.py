@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from catalogclip.search.fusion import MODES, FusionConfig, boosted, fuse
 from catalogclip.search.index import Found, Hit, IncompatibleModelError, ProductIndex
+from catalogclip.search.lexical import analyse
 from catalogclip.search.query import (
     CATEGORY_FIELD,
     CATEGORY_SEP,
@@ -132,7 +133,8 @@ class SearchEngine:
             self.incompatible = str(exc)
         #: the run's entity groups (EI-CLIP: its entity encoders take them), None for other runs
         self.run_vocabs = vocab_values(encoder.vocabs) if encoder.vocabs is not None else None
-        vocabs = {group: list(values) for group, values in index.vocabulary().items()}
+        # an index value without a searchable word ("The", "A") would be "recognised" in every query
+        vocabs = {group: [v for v in values if analyse(v)] for group, values in index.vocabulary().items()}
         for group, values in (self.run_vocabs or {}).items():
             vocabs[group] = list(dict.fromkeys(vocabs.get(group, []) + values))
         self.linker = EntityLinker(vocabs)
