@@ -231,3 +231,26 @@ def test_fusion_settings_are_read_from_the_index(tmp_path):
     with pytest.raises(RuntimeError, match="uncommitted product changes"):
         index.set_info(fusion=FusionConfig().to_json())
 
+
+def test_fusion_is_tuned_on_judged_queries_and_saved_with_the_index(tmp_path):
+    from catalogclip.evaluate.qrels import JudgedQueries
+    from catalogclip.search.tune import save_fusion, tune_fusion
+
+    # colour is only in the images of the i* products; the print is only in the titles of the t* ones
+    colours = {f"i{n}": COLOURS[n % 6] for n in range(12)}
+    words = ["goose", "anchor", "tiger", "rocket"]
+    printed = {f"t{n}": f"{words[n % 4].title()} Print Tee" for n in range(12)}
+    catalog = shop(tmp_path, {**{pid: f"Classic Item {pid}" for pid in colours}, **printed}, colours)
+    index = build_index(PaletteEncoder(), catalog, tmp_path / "idx", TITLES_ONLY)
+    image_colour = {p.id: p.attributes["colour"].lower() for p in catalog}
+    queries = {**{c: c for c in COLOURS}, **{w: f"{w} print" for w in words}}
+    qrels = {**{c: {pid: 1 for pid, pc in image_colour.items() if pc == c} for c in COLOURS},
+             **{w: {pid: 1 for pid, t in printed.items() if t.lower().startswith(w)} for w in words}}
+    engine = SearchEngine(index, PaletteEncoder())
+    tuning = tune_fusion(engine, JudgedQueries(queries, qrels), metric="nDCG@10", boosts=(0.0,))
+    assert len(tuning.grid) == 2 * 11 and {row["method"] for row in tuning.grid} == {"rrf", "weighted"}
+    # each side alone fails one kind of query; the tuned fusion answers both
+    assert tuning.value == pytest.approx(1.0) and max(tuning.sides.values()) < 0.8
+    assert tuning.best.tuned == {"metric": "nDCG@10", "value": tuning.value, "queries": 10, "settings_tried": 22}
+    save_fusion(engine, tuning.best)
+    assert SearchEngine(ProductIndex.open(tmp_path / "idx"), PaletteEncoder()).fusion == tuning.best

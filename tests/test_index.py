@@ -332,6 +332,11 @@ def test_cli_index_update_and_search_with_a_trained_run(tmp_path):
     assert {h["id"] for h in hits} == {"p05", "p11"} and all(set(h["sides"]) == {"lexical"} for h in hits)
     table = cli("search", "--index", tmp_path / "idx", "red shoes", "-k", 2)
     assert table.exit_code == 0 and "vector#" in table.output and "lexical#" in table.output, table.output
+    judged = tmp_path / "judged.json"
+    judged.write_text(json.dumps({"red shoes": {"p00": 2, "p06": 1}, "diesel jeans": {"p05": 1, "p11": 1}}))
+    tuned = cli("tune-fusion", "--index", tmp_path / "idx", "--qrels", judged, "--metric", "P@1")
+    assert tuned.exit_code == 0 and "settings on 2 queries" in tuned.output and "saved in" in tuned.output, tuned.output
+    assert ProductIndex.open(tmp_path / "idx").info["fusion"]["tuned"]["metric"] == "P@1"
     table = cli("search", "--index", tmp_path / "idx", "--similar", "p00", "-k", 2)
     assert table.exit_code == 0 and "2 results in" in table.output
 

@@ -138,6 +138,37 @@ def _print_table(result) -> None:
     console.print(f"{len(result.hits)} results in {result.took_ms:.1f} ms")
 
 
+@app.command("tune-fusion")
+def tune_fusion(
+    index_path: Path = typer.Option(..., "--index", help="Index folder (from `catalogclip index`)."),
+    qrels: Path = typer.Option(..., "--qrels", help="Judged queries: TREC qrels, a BEIR folder, or a JSON object {query: {product id: grade}}."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="With TREC qrels: query texts (TSV 'QID<TAB>text' or JSONL)."),
+    metric: str = typer.Option("nDCG@10", help="What to maximise (P@K, Recall@K, MRR@K, nDCG@K, mAP@K)."),
+    save: bool = typer.Option(True, help="Save the best setting in the index (hybrid searches use it from then on)."),
+    run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Choose hybrid search's fusion (rrf / weighted, vector weight, entity boost) on judged queries."""
+    with user_errors():
+        from catalogclip.catalog.problems import ProblemLog
+        from catalogclip.evaluate.qrels import read_judged
+        from catalogclip.search.engine import open_engine
+        from catalogclip.search.tune import save_fusion, tune_fusion as tune
+
+        problems = ProblemLog()
+        judged = read_judged(queries, qrels, problems)
+        if problems.problems:
+            problems.report(out=sys.stderr)
+        engine = open_engine(index_path, run, device)
+        tuning = tune(engine, judged, metric)
+        best = tuning.best
+        typer.echo(f"best of {len(tuning.grid)} settings on {best.tuned['queries']} queries: {best.method}, vector weight {best.weight:g}, "
+                   f"boost {best.boost:g}: {metric} {tuning.value:.4f} (vector alone {tuning.sides['vector']:.4f}, lexical alone {tuning.sides['lexical']:.4f})")
+        if save:
+            save_fusion(engine, best)
+            typer.echo(f"saved in {index_path}")
+
+
 @app.command()
 def serve(
     index_path: Path = typer.Option(..., "--index", help="Index folder (from `catalogclip index`)."),
