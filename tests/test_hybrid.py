@@ -69,7 +69,7 @@ def test_products_without_words_leave_the_lexical_side_empty(tmp_path):
 
 def test_field_weights_repeat_fields_and_are_saved(tmp_path):
     p = Product("x", "Red Tee", "soft cotton", [ImageRef("x.png")], {"brand": "Puma"}, ["Apparel", "Tshirts"])
-    assert product_document(p, {"title": 2, "attributes": 1, "category": 0}) == "Red Tee \nRed Tee \nPuma"
+    assert product_document(p, {"title": 2, "attributes": 1, "category": 0}) == "Red Tee\nRed Tee\nPuma"
     assert parse_weights("title=3, description=1") == {"title": 3, "attributes": 0, "category": 0, "description": 1}
     for bad, message in [("title=x", "is not FIELD=WHOLE_NUMBER"), ("colour=1", "unknown text field"), ("title=0", "at least one")]:
         with pytest.raises(ValueError, match=message):

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -67,7 +68,7 @@ def parse_weights(spec: str) -> dict[str, int]:
 def product_fields(product: Product) -> dict[str, str]:
     return {
         "title": product.title,
-        "attributes": " ".join(product.attributes.values()),
+        "attributes": "\n".join(product.attributes.values()),  # a line each: analysed once per distinct value
         "category": " ".join(product.category_path),
         "description": product.description,
     }
@@ -76,14 +77,20 @@ def product_fields(product: Product) -> dict[str, str]:
 def product_document(product: Product, weights: Mapping[str, int]) -> str:
     """A product's searchable text: every field, repeated `weights[field]` times."""
     fields = product_fields(product)
-    return " \n".join(fields[f] for f in FIELDS for _ in range(weights.get(f, 0)) if fields[f])
+    return "\n".join(fields[f] for f in FIELDS for _ in range(weights.get(f, 0)) if fields[f])
 
 
 def analyse(text: str) -> list[str]:
-    """BM25 terms of a text: normalised words without stop words, plus joined hyphenated words."""
-    words = [t.text for t in shop_text.tokens(text) if t.text not in _STOPWORDS]
+    """BM25 terms of a text: normalised words without stop words, plus joined hyphenated words.
+    Lines are analysed apart (and remembered: a catalog repeats its attribute values and paths)."""
+    return [term for line in text.split("\n") for term in _analyse_line(line)]
+
+
+@lru_cache(maxsize=65_536)
+def _analyse_line(line: str) -> tuple[str, ...]:
+    words = [t.text for t in shop_text.tokens(line) if t.text not in _STOPWORDS]
     seen = set(words)
-    return words + [w for w in shop_text.compounds(text) if w not in seen]
+    return tuple(words + [w for w in shop_text.compounds(line) if w not in seen])
 
 
 class LexicalIndex:
