@@ -221,6 +221,8 @@ class MetadataStore:
             keys = [fold(v) for v in clause.values]
             sql = f"SELECT row FROM attrs WHERE field = ? AND key IN ({','.join('?' * len(keys))})"
             params = [clause.field, *keys]
-        if among is not None:
+        if among is not None:  # a few hundred rows: look them up by row, not every row holding the value
+            table = "categories" if clause.field == CATEGORY_FIELD else "attrs"
+            sql = sql.replace(f"FROM {table}", f"FROM {table} INDEXED BY {table}_row")
             sql, params = sql + f" AND row IN ({','.join('?' * len(among))})", [*params, *map(int, among)]
         return np.asarray([r for (r,) in self._rows(sql, params)], dtype=np.int64)
