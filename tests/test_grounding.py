@@ -200,3 +200,35 @@ def test_product_retrieval_names_a_missing_source():
     emb = _embeddings(catalog, np.ones((7, 3)).tolist())
     with pytest.raises(ValueError, match="no image of source 'ad' under test"):
         _product_eval(catalog, emb, query_source="ad")
+
+
+def test_product_retrieval_distractors_are_other_products_customer_shots():
+    catalog = _catalog_with_sources()
+    # rows: a_m, a_c, b_m, b_c, c_m0, c_m1, c_c
+    emb = _embeddings(catalog, [
+        [1, 0, 0], [1, 0.2, 0], [0, 1, 0], [0.1, 1, 0], [0, 0, 1], [0.5, 0, 0.5], [1, 0.25, 0],
+    ])
+    result = _product_eval(catalog, emb, gallery_distractors="customer")
+    fine = result["tasks"]["fine"]
+    assert fine["n_candidates"] == 4 + 3
+    # a_c: a_m .980, but the distractor c_c .999 beats it (its own a_c, 1.0, is left out): rank 2.
+    # b_c: b_m .995 above the distractors a_c .293 and c_c .338: rank 1.
+    # c_c: a_m .970 and the distractor a_c .999 come first: c_m1 (.686) rank 3; c_m0 (0) after
+    # a_m, a_c, c_m1, b_c (.338), b_m (.243): rank 6.
+    assert fine["metrics"]["all"]["R@1"] == pytest.approx(1 / 3)
+    assert fine["metrics"]["all"]["mAP@10"] == pytest.approx((1 / 2 + 1 + (1 / 3 + 2 / 6) / 2) / 3)
+    with pytest.raises(ValueError, match="distractors need a gallery source other than"):
+        _product_eval(catalog, emb, gallery_distractors="merchant")
+
+
+def test_product_retrieval_coarse_level_can_be_cut_to_a_depth():
+    catalog = _catalog_with_sources()
+    emb = _embeddings(catalog, [
+        [1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.8, 0.6, 0], [0, 0, 1], [0.5, 0, 0.5], [0.7, 0, 0.3],
+    ])
+    leaf = _product_eval(catalog, emb)["tasks"]["coarse"]["metrics"]["all"]
+    root = _product_eval(catalog, emb, coarse_depth=1)["tasks"]["coarse"]["metrics"]["all"]
+    # leaf level: a_c ranks a_m, c_m1, b_m (its Shirts at 1 and 3), b_c a_m, b_m (1 and 2), c_c its
+    # Shoes shots at 1 and 3; at the root every merchant shot is relevant
+    assert leaf["mAP@5"] == pytest.approx(((1 + 2 / 3) / 2 + 1 + (1 + 2 / 3) / 2) / 3)
+    assert root["mAP@5"] == 1.0

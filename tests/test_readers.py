@@ -364,7 +364,7 @@ def test_jsonl_reader_validates_rows_and_images(tmp_path):
 
 
 def test_read_catalog_rejects_unknown_format_and_missing_source(tmp_path):
-    assert {"csv", "fashiongen", "flipkart", "google-merchant", "jsonl", "myntra", "shopify"} <= set(READERS.names())
+    assert {"csv", "fashiongen", "flipkart", "google-merchant", "grocery-store", "jsonl", "myntra", "shopify"} <= set(READERS.names())
     with pytest.raises(KeyError, match="unknown catalog format 'amazon'"):
         read_catalog("amazon", tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere.csv: no such file"):

@@ -96,8 +96,8 @@ def test_bad_fraction(fraction):
 def test_too_small_and_unknown_kind():
     with pytest.raises(ValueError, match="at least 2"):
         split_by_product(make_catalog([0]))
-    with pytest.raises(ValueError, match="unknown split kind 'image'"):
-        make_split(make_catalog([0, 1]), "image")
+    with pytest.raises(ValueError, match="unknown split kind 'random'"):
+        make_split(make_catalog([0, 1]), "random")
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -117,7 +117,7 @@ def test_save_and_load_round_trip(tmp_path):
     [('{"train": ["p0"], "test": ["zz"]}', "test product 'zz' is not in the catalog"),
      ('{"train": ["p0", "p1"], "test": ["p1"]}', "'p1' is on both sides"),
      ('{"train": "p0", "test": []}', "field 'train' must be a list"),
-     ('{"train": [], "test": [], "by": "image"}', "field 'by'"),
+     ('{"train": [], "test": [], "by": "random"}', "field 'by'"),
      ('{"train": [', "invalid JSON")],
 )
 def test_load_errors_name_the_file_and_field(tmp_path, content, message):

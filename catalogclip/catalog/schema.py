@@ -11,6 +11,8 @@ with `--no-download`). A `bbox` on an image is the product's box in pixels, ``[x
 An attribute holding several values (a T-shirt for "Men | Women") joins them with `MULTI_SEP`.
 Titles and descriptions longer than `MAX_TEXT` characters are refused (a row with a 1 MB title
 is a mistake or an attack, never a product name).
+A `split` on an image is the split a data set itself assigns it ("train", "val", "test"), kept
+for `split_by_image_tag`; images without one belong to every side.
 """
 from __future__ import annotations
 
@@ -46,11 +48,15 @@ class ImageRef:
     path: str
     source: str = "merchant"
     bbox: tuple[float, float, float, float] | None = None
+    #: the data set's own split of this image (None: the image belongs to every side)
+    split: str | None = None
 
     def to_json(self) -> dict:
         out: dict = {"path": self.path, "source": self.source}
         if self.bbox is not None:
             out["bbox"] = [round(float(v), 2) for v in self.bbox]
+        if self.split is not None:
+            out["split"] = self.split
         return out
 
 
@@ -234,7 +240,9 @@ def _parse_image(raw, index: int) -> ImageRef:
         if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
             raise RowError(f"field '{where}.bbox' has x1 <= x0 or y1 <= y0")
         bbox = tuple(float(v) for v in bbox)
-    return ImageRef(_image_path(raw.get("path"), f"{where}.path"), source, bbox)
+    split = raw.get("split")
+    split = None if split is None else _as_str(split, "%s.split", where)
+    return ImageRef(_image_path(raw.get("path"), f"{where}.path"), source, bbox, split)
 
 
 def _image_path(value, where: str) -> str:

@@ -1,20 +1,24 @@
-"""Train/test splits, always by product: every image of a product stays on one side.
+"""Train/test splits: by product (every image of a product on one side), or by the data set's image tags.
 
 `split_by_product` holds out a random share of products; `split_by_leaf` holds out whole leaf
-categories (a leaf is the full category path), for tests on categories never seen in training.
+categories (a leaf is the full category path), for tests on categories never seen in training;
+`split_by_image_tag` keeps every product on both sides and splits its images by their `split` tag
+(seen products, unseen photos: a data set's own train/test lists, e.g. the Grocery Store Dataset's).
 Splits depend only on the set of product ids (and category paths) and the seed, not on the
 order of the catalog. On disk a split is ``{"by", "seed", "test_fraction", "train": [ids], "test": [ids]}``.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from catalogclip.catalog.schema import Catalog
 from catalogclip.io import atomic_write_json, read_json
 
-SPLIT_KINDS = ("product", "leaf")
+SPLIT_KINDS = ("product", "leaf", "image")
+#: image tags of each side of an "image" split; untagged images (merchant shots) are on both sides
+IMAGE_TAGS = {"train": ("train",), "test": ("test",)}
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Split:
         by = obj.get("by", "product")
         if by not in SPLIT_KINDS:
             raise ValueError(f"{where}: field 'by' must be one of {', '.join(SPLIT_KINDS)}, got {by!r}")
+        if by == "image":  # the sides follow from the catalog's tags; the id lists only record them
+            return split_by_image_tag(catalog)
         known, sides = _ids(catalog), {}
         for side in ("train", "test"):
             ids = obj.get(side)
@@ -126,10 +132,24 @@ def split_by_leaf(catalog: Catalog, test_fraction: float = 0.2, seed: int = 0) -
     return Split(train, test, "leaf", seed, test_fraction)
 
 
+def split_by_image_tag(catalog: Catalog) -> Split:
+    """Every product on both sides, each side with the images tagged for it (`IMAGE_TAGS`) plus the
+    untagged ones; a product with no image on a side is left out of it."""
+    if not any(image.split is not None for _, image in catalog.iter_images()):
+        raise ValueError("cannot split by image tag: no image of the catalog has a 'split' tag")
+    sides = []
+    for tags in IMAGE_TAGS.values():
+        kept = [replace(p, images=[im for im in p.images if im.split is None or im.split in tags]) for p in catalog]
+        sides.append(catalog.with_products([p for p in kept if p.images]))
+    return Split(sides[0], sides[1], "image", 0, 0.0)
+
+
 def make_split(catalog: Catalog, by: str = "product", test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """A split chosen by name: "product" or "leaf"."""
+    """A split chosen by name: "product", "leaf" or "image" (`test_fraction` and `seed` unused)."""
     if by == "product":
         return split_by_product(catalog, test_fraction, seed)
     if by == "leaf":
         return split_by_leaf(catalog, test_fraction, seed)
+    if by == "image":
+        return split_by_image_tag(catalog)
     raise ValueError(f"unknown split kind '{by}' (known: {', '.join(SPLIT_KINDS)})")

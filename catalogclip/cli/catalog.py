@@ -19,7 +19,7 @@ def import_catalog(
     src: Path = typer.Argument(..., help="The source: the format's folder or file."),
     out: Path = typer.Argument(..., help="The canonical catalog JSONL to write."),
     fmt: str = typer.Option(
-        ..., "--format", "-f", help="Source format: google-merchant, shopify, csv, flipkart, myntra, fashiongen, jsonl."
+        ..., "--format", "-f", help="Source format: google-merchant, shopify, csv, flipkart, myntra, fashiongen, grocery-store, jsonl."
     ),
     image_dir: Path | None = typer.Option(
         None,
@@ -142,12 +142,12 @@ def synth(
 def split(
     file: Path = typer.Argument(..., help="A canonical catalog JSONL."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, test.jsonl and split.json."),
-    by: str = typer.Option("product", "--by", help="product: hold out random products; leaf: whole leaf categories."),
+    by: str = typer.Option("product", "--by", help="product: hold out random products; leaf: whole leaf categories; image: the images' own split tags."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the products held out for test."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same split."),
     image_root: Path | None = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
 ) -> None:
-    """Split a catalog by product (never by image) into DIR/train.jsonl and DIR/test.jsonl.
+    """Split a catalog into DIR/train.jsonl and DIR/test.jsonl: by product, by leaf, or by the images' own tags.
 
     Images stay where they are: paths under DIR are written relative to it, others absolute,
     and the image root needed to read them back is printed and recorded in DIR/split.json.

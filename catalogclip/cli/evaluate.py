@@ -29,12 +29,16 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Baselines and --index: output folder (results to OUT/eval/<protocol>.json; --index default: IDX-eval)."),
     seed: int = typer.Option(0, help="Seed of the sample100 lists (and of a zero-shot backbone's random parts)."),
     device: str = typer.Option("cpu", help="Device for a model that must encode category names."),
+    coarse_depth: Optional[int] = typer.Option(None, help="product: 'coarse' = the same first N category levels (default: the leaf)."),
+    distractors: Optional[str] = typer.Option(None, help="product: add other products' images of this source (e.g. customer) to the gallery."),
 ) -> None:
     """Score a run's embeddings or a baseline on evaluation protocols, or a search index on judged
     queries (in every search mode), and print the tables."""
     with user_errors():
         from catalogclip.evaluate import runner
+        from catalogclip.evaluate.protocols import ProtocolOptions
 
+        options = ProtocolOptions(coarse_depth=coarse_depth, gallery_distractors=distractors)
         say = lambda message: typer.echo(message, err=True)  # noqa: E731
         if index is not None:
             if run is not None or baseline is not None:
@@ -50,12 +54,12 @@ def evaluate(
                 inputs = runner.catalog_inputs(catalog, split)
             else:
                 raise UserError("--baseline needs --catalog C (optionally --split FILE) or --run R")
-            results = runner.evaluate_baseline(baseline, protocol, out, inputs, backbone, candidates, seed, say)
+            results = runner.evaluate_baseline(baseline, protocol, out, inputs, backbone, candidates, seed, say, options)
             target = out
         else:
             if run is None:
                 raise UserError("give --run R (a trained run) or --baseline NAME")
-            results = runner.evaluate_run(run, protocol, catalog, embeddings, candidates, device, seed, say)
+            results = runner.evaluate_run(run, protocol, catalog, embeddings, candidates, device, seed, say, options)
             target = run
         for name, result in results.items():
             print_result(name, result)

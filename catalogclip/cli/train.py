@@ -174,7 +174,9 @@ def run_catalog(loaded, catalog: Path | None, split: str):
     full = read_jsonl(loaded.config.data.catalog, image_root=loaded.config.data.image_root)
     if split == "all":
         return full
-    ids = loaded.split_ids()
-    if split not in ids:
+    if split not in ("train", "test"):
         raise ValueError(f"--split must be test, train or all, got '{split}'")
-    return full.subset(ids[split])
+    from catalogclip.catalog.splits import Split
+
+    # the split's own sides: an "image" split keeps every product but only that side's images
+    return getattr(Split.from_json(loaded.split_ids(), full, where=f"{loaded.run_dir}/split.json"), split)

@@ -159,6 +159,9 @@ class Task:
     metrics: tuple[str, ...]
     shortlists: np.ndarray | None = None  # (n_queries, m) positions in `candidates`
     groups: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per query, candidates (positions like `qrels`) left out of its ranking: scored below every other
+    #: candidate, which is the same as absent; for per-query lists of unequal length
+    excluded: Qrels | None = None
 
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -313,6 +316,10 @@ class ProtocolOptions:
     #: image sources of queries and gallery of the `product` protocol (evaluate/product_retrieval.py)
     query_source: str = "customer"
     gallery_source: str = "merchant"
+    #: `product`: images of this source of *other* products join the gallery, never relevant (None: none)
+    gallery_distractors: str | None = None
+    #: `product`: "coarse" relevance = the same first `coarse_depth` category levels (None: the whole path)
+    coarse_depth: int | None = None
 
 
 PROTOCOLS: Registry[Callable[[Inventory, ProtocolOptions], list[Task]]] = Registry("protocol")
@@ -425,9 +432,18 @@ def run_task(task: Task, scorer: Scorer, inventory: Inventory, n_examples: int =
         scores = scores_of(task.queries[start:stop])
         if task.shortlists is not None:
             scores = np.take_along_axis(scores, task.shortlists[start:stop], axis=1)
+        if task.excluded is not None:
+            scores = _exclude(scores, task.excluded.rows(start, stop))
         parts.append(relevant_ranks(scores, task.qrels.rows(start, stop)))
         shown.update({q: scores[q - start] for q in examples if start <= q < stop})
     return _task_result(task, inventory, Ranks.concat(parts), shown, top, started)
+
+
+def _exclude(scores: np.ndarray, excluded: Qrels) -> np.ndarray:
+    """The scores with each query's excluded candidates below all others (ranked after them: as if absent)."""
+    scores = scores.copy()
+    scores[np.repeat(np.arange(len(scores)), excluded.n_relevant), excluded.indices] = scores.min() - 1.0
+    return scores
 
 
 def _task_result(task: Task, inventory: Inventory, ranks: Ranks, shown: dict[int, np.ndarray], top: int,

@@ -8,7 +8,7 @@ A baseline's folder looks like a run's to the report: ``<out>/eval/...`` plus ``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -98,13 +98,16 @@ def evaluate_all(
     candidates_path: str | Path | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
+    options: ProtocolOptions | None = None,
 ) -> dict[str, dict]:
-    """Run the retrieval protocols and write ``<out>/eval/<protocol>.json``."""
+    """Run the retrieval protocols and write ``<out>/eval/<protocol>.json`` (`options`: settings such
+    as the product protocol's sources; seed and seen categories come from the other arguments)."""
     eval_dir = Path(out_dir) / "eval"
+    base = options or ProtocolOptions()
     results = {}
     for protocol in protocols:
         progress(f"{protocol}: {len(inventory.products)} products, {len(inventory.image_product)} images")
-        options = ProtocolOptions(seed=seed, seen_categories=inputs.seen_categories())
+        options = replace(base, seed=seed, seen_categories=inputs.seen_categories())
         if protocol == "sample100":
             if candidates_path is not None:
                 options.candidate_lists = CandidateLists.load(candidates_path)
@@ -128,6 +131,7 @@ def evaluate_run(
     device: str = "cpu",
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
+    options: ProtocolOptions | None = None,
 ) -> dict[str, dict]:
     """Evaluate a trained run's embeddings; results go to ``R/eval/``."""
     run_dir = Path(run_dir)
@@ -142,7 +146,7 @@ def evaluate_run(
         if any(p in _NEEDS_CATEGORIES for p in retrieval):
             vectors = _missing_category_vectors(embeddings, inventory, lambda: _run_encoder(run_dir, device))
         scorer = EmbeddingScorer(embeddings, inventory, vectors)
-        results = evaluate_all(retrieval, inventory, scorer, inputs, run_dir, candidates_path, seed, progress)
+        results = evaluate_all(retrieval, inventory, scorer, inputs, run_dir, candidates_path, seed, progress, options)
     if "grounding" in protocols:
         from catalogclip.evaluate.grounding import evaluate_grounding
         from catalogclip.train.runs import load_run
@@ -178,6 +182,7 @@ def evaluate_baseline(
     candidates_path: str | Path | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
+    options: ProtocolOptions | None = None,
 ) -> dict[str, dict]:
     """Evaluate `bm25`, `minilm` or `zeroshot` (with `backbone`); results go to ``<out>/eval/``."""
     from catalogclip.evaluate.baselines import BASELINES, text_baseline, zeroshot_embeddings
@@ -200,4 +205,4 @@ def evaluate_baseline(
     label = f"{name} ({backbone})" if name == "zeroshot" else name
     atomic_write_json(out_dir / "baseline.json", {"baseline": name, "label": label, "backbone": backbone if name == "zeroshot" else None,
                                                  "catalog": inputs.catalog_path, "split_by": inputs.split_by, "seed": seed})
-    return evaluate_all(protocols, inventory, scorer, inputs, out_dir, candidates_path, seed, progress)
+    return evaluate_all(protocols, inventory, scorer, inputs, out_dir, candidates_path, seed, progress, options)
