@@ -1,0 +1,255 @@
+"""ECLIP vs CLIP (and EI-CLIP, CLIP-ITA) on real customer photos: the Grocery Store Dataset.
+
+81 products, each one web "iconic" shot (merchant) and 35-143 smartphone photos taken in stores
+(customer: shelves, bins, hands, other products around), English descriptions, 9 brands on the
+31 carton packages, category tree Top > Coarse > Fine. Two settings:
+
+- (a) seen products, unseen photos: `split_by: image` (the data set's train.txt photos train,
+  its test.txt photos are the queries); gallery = the 81 merchant shots, and again with the other
+  products' test photos added to the gallery as distractors;
+- (b) unseen products: a seeded 25% product split; queries = every photo of the held-out
+  products, gallery = their merchant shots.
+
+Every row gets the same backbone (`twotower`, both towers frozen, 224 px: a 7x7 x 1280 token grid
+per image, read from one token cache), steps, batch size and images. `clip`, `eiclip` and
+`clipita` read the mean of the token grid (= twotower's pooled feature), `eclip` its instance
+decoder reads the grid. Text = title + description. Product retrieval fine (same product) and
+coarse (same coarse class: `coarse_depth` 2), full I2T/T2I (description -> photos), category ->
+products (CLIP-ITA's protocol) on every row. Each (setting, row, seed) is written to the JSON as
+soon as it is done, and a rerun skips what is there (with the same settings).
+
+    python benchmarks/eclip_grocery.py --data ../shared/datasets/grocery-store [--seeds 0 1 2] [--steps 150]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from catalogclip.catalog.readers import read_catalog
+from catalogclip.catalog.schema import Catalog, read_jsonl, write_jsonl
+from catalogclip.catalog.splits import Split, make_split
+from catalogclip.embed import embed_catalog
+from catalogclip.evaluate.protocols import EmbeddingScorer, Inventory, ProtocolOptions, evaluate
+from catalogclip.io import atomic_write_json, read_json
+from catalogclip.models.backbones.base import BackboneConfig
+from catalogclip.models.batch import Batch
+from catalogclip.models.category import CLIPITAMethod
+from catalogclip.models.methods import METHODS, CLIPMethod, EIClipMethod
+from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
+from catalogclip.train.runs import load_run
+from catalogclip.train.trainer import train
+
+RESULTS = Path(__file__).parent / "results" / "eclip_grocery.json"
+TEXT = {"text_fields": ["title", "description"]}
+ECLIP = {**TEXT, "n_queries": 8, "n_layers": 2, "decoder_dim": 128, "heads": 4, "views_per_product": 3}
+#: row name -> (method, options)
+ROWS = {
+    "clip": ("clip-pooled-tokens", TEXT),
+    "eiclip (brand)": ("eiclip-pooled-tokens", {**TEXT, "entity_groups": ["brand"]}),
+    "eclip, image-text loss only": ("eclip", {**ECLIP, "weight_inter": 0.0, "weight_intra": 0.0}),
+    "eclip, + inter": ("eclip", {**ECLIP, "weight_intra": 0.0}),
+    "eclip (+ inter + intra)": ("eclip", ECLIP),
+    "clipita (ITA)": ("clipita-pooled-tokens", {"variant": "ITA"}),
+    # the title names the fine class, which is the leaf: ITA can match a leaf by its text alone
+    "clipita (I)": ("clipita-pooled-tokens", {"variant": "I"}),
+}
+SETTINGS = {
+    "a": {"what": "seen products, unseen photos (the data set's train/test photo lists)", "split_by": "image"},
+    "b": {"what": "unseen products (25% of the products held out, split seed 0)", "split_by": "product"},
+}
+#: runs in this order, every tier over all seeds and settings before the next, so that a partial
+#: table (the budget ran out) holds the main comparison first
+TIERS = (("clip", "eclip (+ inter + intra)"), ("eiclip (brand)", "clipita (ITA)", "clipita (I)"),
+         ("eclip, image-text loss only", "eclip, + inter"))
+PRODUCT_KEYS = ("R@1", "R@5", "R@10", "mAP@10")
+
+
+class PooledTokens:
+    """Image features = the mean of the cached token grid, which is exactly twotower's pooled feature:
+    `clip`, `eiclip` and `clipita` read the same token cache as `eclip` (one tower pass per image)."""
+
+    image_input = "tokens"
+
+    def image_features(self, batch: Batch) -> torch.Tensor:
+        cached = batch.image_tokens if batch.image_tokens is not None else batch.image_features
+        if cached is not None and cached.dim() == 3:
+            return cached.float().mean(dim=1)
+        return super().image_features(batch)
+
+
+for _base in (CLIPMethod, EIClipMethod, CLIPITAMethod):
+    METHODS.register(f"{_base.name}-pooled-tokens")(type(f"PooledToken{_base.__name__}", (PooledTokens, _base), {}))
+
+
+def grocery_catalog(data: Path, work: Path) -> Path:
+    """The data set through the `grocery-store` reader, as canonical JSONL (absolute image paths)."""
+    path = work / "grocery.jsonl"
+    if not path.exists():
+        write_jsonl(read_catalog("grocery-store", data), path)
+    return path
+
+
+def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: str, seed: int, args,
+               batches_per_epoch: int) -> RunConfig:
+    return RunConfig(
+        method=method,
+        method_options=options,
+        backbone=BackboneConfig(spec=args.backbone, embed_dim=256),
+        data=DataConfig(catalog=str(catalog), split_by=SETTINGS[setting]["split_by"], test_fraction=0.25, split_seed=0,
+                        feature_cache=str(cache)),
+        # enough epochs that the cosine schedule ends at `steps`
+        optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size,
+                          max_steps=args.steps, warmup_steps=20, log_every=50, checkpoint_every=10**9, device="cpu",
+                          seed=seed),
+    )
+
+
+def batches_per_epoch(split: Split, options: dict, batch_size: int) -> int:
+    views = options.get("views_per_product", 1)
+    images = [len(p.images) if views == 1 else min(views, len(p.images)) for p in split.train]
+    return max(1, sum(images) // batch_size)
+
+
+def metrics(result: dict, task: str, keys: tuple[str, ...], group: str = "all") -> dict:
+    values = result["tasks"][task]["metrics"][group]
+    return {k: round(values[k], 4) for k in keys} | {"queries": result["tasks"][task]["n_queries_per_group"][group]}
+
+
+def evaluate_run(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
+    """Every protocol on the run's test side, from the token cache."""
+    run = load_run(run_dir)
+    test = Split.load(run_dir / "split.json", catalog).test
+    embeddings = embed_catalog(run.method, test, cache_dir=cache, progress=False)
+    inventory = Inventory.from_embeddings(embeddings, test)
+    scorer = EmbeddingScorer(embeddings, inventory)
+    out = {}
+    for name, options in (("product", ProtocolOptions(coarse_depth=2)),
+                          ("product + distractors", ProtocolOptions(coarse_depth=2, gallery_distractors="customer"))):
+        result = evaluate("product", inventory, scorer, options)
+        out[name] = {level: metrics(result, level, PRODUCT_KEYS) | {"candidates": result["tasks"][level]["n_candidates"]}
+                     for level in ("fine", "coarse")}
+    full = evaluate("full", inventory, scorer)
+    out["full"] = {task: metrics(full, task, ("R@1", "R@5", "R@10")) for task in ("i2t", "t2i")}
+    out["full"]["SumR"] = round(full["summary"]["SumR"], 4)
+    category = evaluate("category", inventory, scorer)
+    out["category"] = {group: metrics(category, "category", ("P@1", "mAP@10"), group) for group in ("all", "leaf")}
+    if (run_dir / "gates.json").exists():
+        out["gates"] = read_json(run_dir / "gates.json")
+    return out
+
+
+def summarise(runs: dict) -> dict:
+    """Mean and sample std over seeds of every number, per (setting, row)."""
+    def leaves(d: dict, prefix: str = "") -> dict:
+        flat = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flat.update(leaves(v, f"{prefix}{k}/"))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[f"{prefix}{k}"] = v
+        return flat
+
+    out = {}
+    for setting, rows in runs.items():
+        for row, seeds in rows.items():
+            flat = [leaves(r) for r in seeds.values()]
+            keys = [k for k in flat[0] if all(k in f for f in flat)]
+            out.setdefault(setting, {})[row] = {
+                "seeds": sorted(seeds),
+                **{k: {"mean": round(float(np.mean([f[k] for f in flat])), 4),
+                       "std": round(float(np.std([f[k] for f in flat], ddof=1)), 4) if len(flat) > 1 else None}
+                   for k in keys},
+            }
+    return out
+
+
+def verdict(summary: dict) -> dict:
+    """ECLIP vs CLIP on customer -> merchant retrieval: does the mean gap exceed both rows' seed spread?"""
+    out = {}
+    for setting, rows in summary.items():
+        if "clip" not in rows or "eclip (+ inter + intra)" not in rows:
+            continue
+        for key in ("product/fine/R@1", "product/fine/mAP@10"):
+            clip, eclip = rows["clip"][key], rows["eclip (+ inter + intra)"][key]
+            spread = max(clip["std"] or 0.0, eclip["std"] or 0.0)
+            gap = eclip["mean"] - clip["mean"]
+            out[f"{setting}: {key}"] = {"clip": clip["mean"], "eclip": eclip["mean"], "gap": round(gap, 4),
+                                        "largest std": spread, "eclip wins by more than the spread": gap > spread}
+    return out
+
+
+def print_row(setting: str, row: str, seed: int, r: dict) -> None:
+    fine, coarse, dis = r["product"]["fine"], r["product"]["coarse"], r["product + distractors"]["fine"]
+    print(f"[{setting}] {row:30s} seed {seed}: fine R@1 {100 * fine['R@1']:5.1f} mAP@10 {100 * fine['mAP@10']:5.1f} | "
+          f"coarse R@1 {100 * coarse['R@1']:5.1f} | +distractors fine R@1 {100 * dis['R@1']:5.1f} | "
+          f"T2I R@1 {100 * r['full']['t2i']['R@1']:5.1f} | category mAP@10 {100 * r['category']['all']['mAP@10']:5.1f} "
+          f"| {r['train_seconds']} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/grocery-store"))
+    parser.add_argument("--work", type=Path, default=Path("out/eclip_grocery"))
+    parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: WORK/featcache)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backbone", default="twotower", help="`tiny` for a quick check of the pipeline")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    cache = args.cache or args.work / "featcache"
+    catalog_path = grocery_catalog(args.data, args.work)
+    catalog = read_jsonl(catalog_path)
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
+                "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
+                "eclip_options": ECLIP, "text": "title. description",
+                "product protocol": "queries = customer photos of the test side; gallery = its merchant shots; coarse = "
+                                    "same Top > Coarse; '+ distractors' adds the other products' customer photos "
+                                    "(never relevant) to the gallery",
+                "settings": SETTINGS}
+    results = read_json(args.results) if args.results.exists() else {}
+    if results.get("settings") != settings:
+        results = {"settings": settings, "runs": {}}
+    results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                          "note": "a shared 2-core machine (other engineers' jobs running)",
+                          "load_average_start": round(os.getloadavg()[0], 1)}
+    todo = [(setting, row, seed) for tier in TIERS for seed in args.seeds for setting in args.settings
+            for row in tier if row in args.rows]
+    for setting, row, seed in todo:
+        if str(seed) in results["runs"].get(setting, {}).get(row, {}):
+            continue
+        method, options = ROWS[row]
+        run_dir = args.work / "runs" / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        split = make_split(catalog, SETTINGS[setting]["split_by"], 0.25, 0)
+        config = run_config(method, options, catalog_path, cache, setting, seed, args,
+                            batches_per_epoch(split, options, args.batch_size))
+        started = time.perf_counter()
+        trained = train(config, run_dir, progress=False)
+        out = {"steps": trained.steps, "last_loss": round(trained.last_loss, 4),
+               "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, catalog, cache)}
+        print_row(setting, row, seed, out)
+        results["runs"].setdefault(setting, {}).setdefault(row, {})[str(seed)] = out
+        results["summary"] = summarise(results["runs"])
+        results["verdict"] = verdict(results["summary"])
+        results["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
+        atomic_write_json(args.results, results)
+    print(json.dumps(results.get("verdict", {}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
