@@ -40,11 +40,13 @@ from catalogclip.catalog.splits import Split, make_split
 from catalogclip.embed import embed_catalog
 from catalogclip.evaluate.protocols import EmbeddingScorer, Inventory, ProtocolOptions, evaluate
 from catalogclip.io import atomic_write_json, read_json
-from catalogclip.models.backbones.base import BackboneConfig
+from catalogclip.models.backbones.base import BackboneConfig, build_backbone
 from catalogclip.models.batch import Batch
 from catalogclip.models.category import CLIPITAMethod
 from catalogclip.models.methods import METHODS, CLIPMethod, EIClipMethod
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
+from catalogclip.train.data import load_rgb
+from catalogclip.train.featcache import FeatureCache
 from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
 
@@ -113,6 +115,20 @@ def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: 
     )
 
 
+def fill_token_cache(catalog: Catalog, cache: Path, backbone: str) -> dict:
+    """Every image's token grid in the cache (one tower pass per image, shared by all runs)."""
+    built = build_backbone(BackboneConfig(spec=backbone, embed_dim=256))
+    if not built.image_tower_frozen:
+        return {"not cached": f"{backbone} trains its image tower"}
+    tokens = FeatureCache(cache, built, kind="tokens")
+    paths = [catalog.image_path(image) for _, image in catalog.iter_images()]
+    missing = len(tokens.missing(paths))
+    started = time.perf_counter()
+    tokens.fill(paths, load_rgb, batch_size=32)
+    return {"images": len(paths), "computed_now": missing, "seconds": round(time.perf_counter() - started, 1),
+            "namespace": tokens.folder.name}
+
+
 def batches_per_epoch(split: Split, options: dict, batch_size: int) -> int:
     views = options.get("views_per_product", 1)
     images = [len(p.images) if views == 1 else min(views, len(p.images)) for p in split.train]
@@ -160,11 +176,11 @@ def summarise(runs: dict) -> dict:
 
     out = {}
     for setting, rows in runs.items():
-        for row, seeds in rows.items():
-            flat = [leaves(r) for r in seeds.values()]
+        for row in sorted(rows, key=list(ROWS).index):
+            flat = [leaves(r) for r in rows[row].values()]
             keys = [k for k in flat[0] if all(k in f for f in flat)]
             out.setdefault(setting, {})[row] = {
-                "seeds": sorted(seeds),
+                "seeds": sorted(rows[row]),
                 **{k: {"mean": round(float(np.mean([f[k] for f in flat])), 4),
                        "std": round(float(np.std([f[k] for f in flat], ddof=1)), 4) if len(flat) > 1 else None}
                    for k in keys},
@@ -185,6 +201,23 @@ def verdict(summary: dict) -> dict:
             out[f"{setting}: {key}"] = {"clip": clip["mean"], "eclip": eclip["mean"], "gap": round(gap, 4),
                                         "largest std": spread, "eclip wins by more than the spread": gap > spread}
     return out
+
+
+TABLE = (("fine R@1", "product/fine/R@1"), ("fine mAP@10", "product/fine/mAP@10"), ("coarse R@1", "product/coarse/R@1"),
+         ("coarse mAP@10", "product/coarse/mAP@10"), ("+distr. fine R@1", "product + distractors/fine/R@1"),
+         ("T2I R@1", "full/t2i/R@1"), ("T2I R@10", "full/t2i/R@10"), ("category mAP@10", "category/all/mAP@10"))
+
+
+def print_table(summary: dict) -> None:
+    """Markdown: mean ± std (in %) over the seeds of every (setting, row)."""
+    for setting, rows in summary.items():
+        print(f"\nsetting ({setting}): {SETTINGS[setting]['what']}\n")
+        print("| row | seeds | " + " | ".join(name for name, _ in TABLE) + " |")
+        print("|---" * (len(TABLE) + 2) + "|")
+        for row, values in rows.items():
+            cells = [f"{100 * values[k]['mean']:.1f}" + (f" ± {100 * values[k]['std']:.1f}" if values[k]["std"] is not None else "")
+                     if k in values else "" for _, k in TABLE]
+            print(f"| {row} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
 
 
 def print_row(setting: str, row: str, seed: int, r: dict) -> None:
@@ -227,6 +260,8 @@ def main() -> None:
     results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "note": "a shared 2-core machine (other engineers' jobs running)",
                           "load_average_start": round(os.getloadavg()[0], 1)}
+    results["token_cache"] = fill_token_cache(catalog, cache, args.backbone)
+    print("token cache:", results["token_cache"], flush=True)
     todo = [(setting, row, seed) for tier in TIERS for seed in args.seeds for setting in args.settings
             for row in tier if row in args.rows]
     for setting, row, seed in todo:
@@ -248,6 +283,7 @@ def main() -> None:
         results["verdict"] = verdict(results["summary"])
         results["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
         atomic_write_json(args.results, results)
+    print_table(results.get("summary", {}))
     print(json.dumps(results.get("verdict", {}), indent=1))
 
 
