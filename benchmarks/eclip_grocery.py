@@ -92,12 +92,14 @@ for _base in (CLIPMethod, EIClipMethod, CLIPITAMethod):
     METHODS.register(f"{_base.name}-pooled-tokens")(type(f"PooledToken{_base.__name__}", (PooledTokens, _base), {}))
 
 
-def grocery_catalog(data: Path, work: Path) -> Path:
-    """The data set through the `grocery-store` reader, as canonical JSONL (absolute image paths)."""
+def grocery_catalog(data: Path, work: Path) -> tuple[Path, Path]:
+    """The data set through the `grocery-store` reader, as canonical JSONL, and the image root it
+    is read with (the images stay in the data set's folder)."""
     path = work / "grocery.jsonl"
+    catalog = read_catalog("grocery-store", data)
     if not path.exists():
-        write_jsonl(read_catalog("grocery-store", data), path)
-    return path
+        write_jsonl(catalog, path)
+    return path, catalog.root.resolve()
 
 
 def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: str, seed: int, args,
@@ -106,7 +108,8 @@ def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: 
         method=method,
         method_options=options,
         backbone=BackboneConfig(spec=args.backbone, embed_dim=256),
-        data=DataConfig(catalog=str(catalog), split_by=SETTINGS[setting]["split_by"], test_fraction=0.25, split_seed=0,
+        data=DataConfig(catalog=str(catalog), image_root=str(args.image_root), split_by=SETTINGS[setting]["split_by"],
+                        test_fraction=0.25, split_seed=0,
                         feature_cache=str(cache)),
         # enough epochs that the cosine schedule ends at `steps`
         optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size,
@@ -245,8 +248,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.cache or args.work / "featcache"
-    catalog_path = grocery_catalog(args.data, args.work)
-    catalog = read_jsonl(catalog_path)
+    catalog_path, args.image_root = grocery_catalog(args.data, args.work)
+    catalog = read_jsonl(catalog_path, image_root=args.image_root)
     settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
                 "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
                 "eclip_options": ECLIP, "text": "title. description",

@@ -144,12 +144,14 @@ def test_cli_import_and_split_keep_the_tags(grocery, tmp_path):
     out = tmp_path / "out" / "grocery.jsonl"
     result = runner.invoke(app, ["catalog", "import", "--format", "grocery-store", str(grocery), str(out)])
     assert result.exit_code == 0, result.output
-    catalog = read_jsonl(out)
+    # the images stay in the data set: OUT is read with it as image root
+    catalog = read_jsonl(out, image_root=grocery / "dataset")
     assert [im.split for im in catalog["Banana"].images] == [None, "train", "val", "test"]
     assert all(catalog.image_path(im).is_file() for _, im in catalog.iter_images())
-    result = runner.invoke(app, ["catalog", "split", str(out), "--out", str(tmp_path / "split"), "--by", "image"])
+    result = runner.invoke(app, ["catalog", "split", str(out), "--out", str(tmp_path / "split"), "--by", "image",
+                                 "--image-root", str(grocery / "dataset")])
     assert result.exit_code == 0, result.output
-    test = read_jsonl(tmp_path / "split" / "test.jsonl")
+    test = read_jsonl(tmp_path / "split" / "test.jsonl", image_root=grocery / "dataset")
     assert {im.split for _, im in test.iter_images()} == {None, "test"}
 
 
@@ -160,7 +162,7 @@ def test_cli_pipeline_seen_products_unseen_photos(grocery, tmp_path):
     assert runner.invoke(app, ["catalog", "import", "-f", "grocery-store", str(grocery), str(catalog)]).exit_code == 0
     result = runner.invoke(app, ["train", "--catalog", str(catalog), "--method", "clip", "--backbone", "tiny",
                                  "--epochs", "1", "--batch-size", "4", "--out", str(run), "--no-progress",
-                                 "--set", "data.split_by=image"])
+                                 "--image-root", str(grocery / "dataset"), "--set", "data.split_by=image"])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["embed", "--run", str(run)]).exit_code == 0
     result = runner.invoke(app, ["evaluate", "--run", str(run), "-p", "product", "--coarse-depth", "2",
