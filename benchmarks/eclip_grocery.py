@@ -31,15 +31,17 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from catalogclip.catalog.readers import read_catalog
 from catalogclip.catalog.schema import Catalog, read_jsonl, write_jsonl
 from catalogclip.catalog.splits import Split, make_split
-from catalogclip.embed import embed_catalog
+from catalogclip.embed import embed_catalog, image_tower_outputs
 from catalogclip.evaluate.protocols import EmbeddingScorer, Inventory, ProtocolOptions, evaluate
 from catalogclip.io import atomic_write_json, read_json
 from catalogclip.models.backbones.base import BackboneConfig, build_backbone
@@ -47,7 +49,8 @@ from catalogclip.models.batch import Batch
 from catalogclip.models.category import CLIPITAMethod
 from catalogclip.models.methods import METHODS, CLIPMethod, EIClipMethod
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
-from catalogclip.train.data import load_rgb
+from catalogclip.models.instance import saliency_weighted, text_selection
+from catalogclip.train.data import image_cache, load_rgb
 from catalogclip.train.featcache import FeatureCache
 from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
@@ -137,6 +140,10 @@ def fill_token_cache(catalog: Catalog, cache: Path, backbone: str) -> dict:
             "namespace": tokens.folder.name}
 
 
+def run_folder(work: Path, setting: str, row: str, seed: int) -> Path:
+    return work / "runs" / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
+
+
 def batches_per_epoch(split: Split, options: dict, batch_size: int) -> int:
     """About how many batches an epoch has (product-packed batches use `views_per_product` images each)."""
     views = options.get("views_per_product", 1)
@@ -169,6 +176,40 @@ def evaluate_run(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     out["category"] = {group: metrics(category, "category", ("P@1", "mAP@10"), group) for group in ("all", "leaf")}
     if (run_dir / "gates.json").exists():
         out["gates"] = read_json(run_dir / "gates.json")
+    return out
+
+
+@torch.no_grad()
+def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
+    """Product retrieval (fine, setting's gallery) of one eclip run with other text-free image embeddings:
+    the saliency-weighted instances (what ECLIP indexes), the most salient query, the plain mean of
+    the instances, and an oracle that lets each image's own product text select its instance
+    (uses the answer: an upper bound on what better saliency could give)."""
+    run = load_run(run_dir)
+    method = run.method.eval()
+    test = Split.load(run_dir / "split.json", catalog).test
+    embeddings = embed_catalog(method, test, cache_dir=cache, progress=False)
+    tokens = image_tower_outputs(method, [Path(p) for p in embeddings.image_path], 64, image_cache(method, cache), False)
+    texts = torch.from_numpy(embeddings.text)
+    text_of = {pid: i for i, pid in enumerate(embeddings.text_product)}
+    own = torch.tensor([text_of[pid] for pid in embeddings.image_product])
+    variants: dict[str, list[torch.Tensor]] = {"saliency-weighted": [], "most salient query": [], "mean of instances": [],
+                                               "oracle: own text selects": []}
+    for start in range(0, len(tokens), 256):
+        chunk = tokens[start : start + 256].float()
+        inst = method.instances(Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), image_tokens=chunk))
+        rows = torch.arange(len(chunk))
+        variants["saliency-weighted"].append(saliency_weighted(inst.embeddings, inst.saliency))
+        variants["most salient query"].append(inst.embeddings[rows, inst.saliency.argmax(dim=-1)])
+        variants["mean of instances"].append(F.normalize(inst.embeddings.mean(dim=1), dim=-1))
+        weights, _ = text_selection(inst.embeddings, texts[own[start : start + 256]], method.config.select_temperature)
+        variants["oracle: own text selects"].append(F.normalize(torch.einsum("bn,bne->be", weights[rows, rows], inst.embeddings), dim=-1))
+    out = {}
+    for name, parts in variants.items():
+        emb = replace(embeddings, image=torch.cat(parts).numpy())
+        inventory = Inventory.from_embeddings(emb, test)
+        result = evaluate("product", inventory, EmbeddingScorer(emb, inventory), ProtocolOptions(coarse_depth=2))
+        out[name] = metrics(result, "fine", ("R@1", "mAP@10"))
     return out
 
 
@@ -229,18 +270,29 @@ def print_table(summary: dict) -> None:
             print(f"| {row} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
 
 
-def record(path: Path, results: dict, setting: str, row: str, seed: int, out: dict) -> None:
-    """Add one run to the results file, under a lock: several processes may share it (each runs other rows)."""
+def update_results(path: Path, results: dict, change) -> None:
+    """Apply `change` to the results file under a lock (several processes may share it, each running
+    other rows), keeping what the others wrote; `results` (settings, machine) is this process's."""
     with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = read_json(path) if path.exists() else {}
-        runs = current.get("runs", {}) if current.get("settings") == results["settings"] else {}
-        runs.setdefault(setting, {}).setdefault(row, {})[str(seed)] = out
-        results["runs"] = runs
-        results["summary"] = summarise(runs)
-        results["verdict"] = verdict(results["summary"])
-        results["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
-        atomic_write_json(path, results)
+        if current.get("settings") != results["settings"]:
+            current = {}
+        current.update({k: v for k, v in results.items() if k not in ("runs", "index_time_variants")})
+        current.setdefault("runs", {})
+        change(current)
+        current["summary"] = summarise(current["runs"])
+        current["verdict"] = verdict(current["summary"])
+        current["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
+        atomic_write_json(path, current)
+        results.update(current)
+
+
+def record(path: Path, results: dict, setting: str, row: str, seed: int, out: dict) -> None:
+    def add(current: dict) -> None:
+        current["runs"].setdefault(setting, {}).setdefault(row, {})[str(seed)] = out
+
+    update_results(path, results, add)
 
 
 def print_row(setting: str, row: str, seed: int, r: dict) -> None:
@@ -264,6 +316,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backbone", default="twotower", help="`tiny` for a quick check of the pipeline")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="then score the eclip runs' index-time variants (saliency, argmax, mean, text oracle)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -291,7 +345,7 @@ def main() -> None:
         if str(seed) in results["runs"].get(setting, {}).get(row, {}):
             continue
         method, options = ROWS[row]
-        run_dir = args.work / "runs" / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
+        run_dir = run_folder(args.work, setting, row, seed)
         shutil.rmtree(run_dir, ignore_errors=True)
         split = make_split(catalog, SETTINGS[setting]["split_by"], 0.25, 0)
         config = run_config(method, options, catalog_path, cache, setting, seed, args,
@@ -302,6 +356,13 @@ def main() -> None:
                "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, catalog, cache)}
         print_row(setting, row, seed, out)
         record(args.results, results, setting, row, seed, out)
+    if args.diagnose:
+        for setting, row, seed in todo:
+            if ROWS[row][0] == "eclip" and str(seed) in results["runs"].get(setting, {}).get(row, {}):
+                variants = index_time_variants(run_folder(args.work, setting, row, seed), catalog, cache)
+                print(f"[{setting}] {row} seed {seed} index-time variants:", json.dumps(variants), flush=True)
+                update_results(args.results, results, lambda current: current.setdefault("index_time_variants", {})
+                               .setdefault(setting, {}).setdefault(row, {}).__setitem__(str(seed), variants))
     print_table(results.get("summary", {}))
     print(json.dumps(results.get("verdict", {}), indent=1))
 
