@@ -10,6 +10,16 @@ import typer
 
 from catalogclip.cli.common import UserError, app, user_errors
 
+BACKEND_HELP = "Vector store: faiss (in the index folder) or milvus (--uri). Default: faiss for a build, the recorded one otherwise."
+URI_HELP = "milvus: a local .db file (Milvus Lite) or http(s)://host:19530 (a server); overrides the recorded URI when opening."
+TOKEN_HELP = "milvus: access token (or set CATALOGCLIP_MILVUS_TOKEN); never written to the index."
+
+
+def _connection(backend: Optional[str], uri: Optional[str], token: Optional[str], collection: Optional[str] = None):
+    from catalogclip.search.backend import Connection
+
+    return Connection(backend, uri, token, collection)
+
 
 @app.command()
 def index(
@@ -29,6 +39,10 @@ def index(
     field_weights: Optional[str] = typer.Option(
         None, help="BM25 text fields and weights, e.g. title=2,attributes=1,category=1,description=1 (a field counts that often; unnamed: 0)."
     ),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    uri: Optional[str] = typer.Option(None, help=URI_HELP),
+    token: Optional[str] = typer.Option(None, help=TOKEN_HELP),
+    collection: Optional[str] = typer.Option(None, help="milvus: the alias readers use (default: catalogclip); each build writes a new collection behind it."),
     device: str = typer.Option("cpu"),
     problems_file: Optional[Path] = typer.Option(None, "--problems", help="Write every problem met to this file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -42,15 +56,15 @@ def index(
     with user_errors():
         from catalogclip.catalog.problems import ProblemLog
         from catalogclip.search.build import BuildOptions, index_run
+        from catalogclip.search.backend import VectorParams
         from catalogclip.search.lexical import LexicalParams, parse_weights
         from catalogclip.search.lock import IndexLockedError
-        from catalogclip.search.vectors import VectorParams
 
         problems = ProblemLog()
         lexical = LexicalParams(parse_weights(field_weights)) if field_weights else None
         options = BuildOptions(
             kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), lexical=lexical, batch_size=batch_size,
-            progress=progress, wait=wait,
+            progress=progress, wait=wait, connection=_connection(backend, uri, token, collection),
         )
         try:
             built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)
@@ -63,7 +77,7 @@ def index(
         if summary is not None:
             typer.echo(f"updated {out}: {summary}")
         else:
-            typer.echo(f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id})")
+            typer.echo(f"indexed {len(built)} products ({built.info['vectors']} images) into {out} ({built.kind}, model {built.model_id}; vectors in {built.backend})")
             if "recall_at_10" in built.info:
                 sampled = built.info["recall_at_10"]
                 typer.echo(f"recall@10 against exact search: {sampled['recall']:.3f} ({sampled['queries']} sampled image vectors as queries)")
@@ -82,6 +96,9 @@ def search(
     strict: bool = typer.Option(False, "--strict", help="Text queries: recognised entities (brand, colour, category ...) become filters."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    uri: Optional[str] = typer.Option(None, help=URI_HELP),
+    token: Optional[str] = typer.Option(None, help=TOKEN_HELP),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Search an index from the command line."""
@@ -93,7 +110,7 @@ def search(
         if len(given) != 1:
             raise UserError("give exactly one query: TEXT, --image, --category or --similar")
         parsed = parse_filter_args(filters)
-        engine = open_engine(index_path, run, device, need_model=similar is None and mode != "lexical")
+        engine = open_engine(index_path, run, device, need_model=similar is None and mode != "lexical", connection=_connection(backend, uri, token))
         if text is not None:
             result = engine.search_text(text, k, parsed, mode, strict)
         elif image is not None:
@@ -176,6 +193,9 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     catalog_root: Optional[Path] = typer.Option(None, help="Folder the catalog's image paths start from, if it moved."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    uri: Optional[str] = typer.Option(None, help=URI_HELP),
+    token: Optional[str] = typer.Option(None, help=TOKEN_HELP),
     device: str = typer.Option("cpu"),
     workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model and index."),
 ) -> None:
@@ -185,12 +205,14 @@ def serve(
         from catalogclip.search.service import serve as serve_engine
         from catalogclip.search.service import serve_workers
 
-        engine = open_engine(index_path, run, device, catalog_root=catalog_root)  # fails here, not in each worker
+        connection = _connection(backend, uri, token)
+        engine = open_engine(index_path, run, device, catalog_root=catalog_root, connection=connection)  # fails here, not in each worker
         typer.echo(f"serving {len(engine.index)} products on http://{host}:{port}/ (API docs: /docs)")
         if workers == 1:
             serve_engine(engine, host, port)
             return
         engine.index.close()
         del engine
-        args = {"index_path": str(index_path), "run": str(run) if run else None, "device": device, "catalog_root": str(catalog_root) if catalog_root else None}
+        args = {"index_path": str(index_path), "run": str(run) if run else None, "device": device, "catalog_root": str(catalog_root) if catalog_root else None,
+                "connection": connection.shareable()}
         serve_workers(args, workers, host, port)

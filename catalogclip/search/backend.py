@@ -15,6 +15,7 @@ vector per image) and the index keeps each product's best image.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -25,6 +26,8 @@ from catalogclip.catalog.schema import Product
 from catalogclip.registry import Registry
 from catalogclip.search.query import Filter
 
+#: where a Milvus token may come from besides `Connection.token`
+TOKEN_ENV = "CATALOGCLIP_MILVUS_TOKEN"
 #: kinds every backend understands; "auto" picks one by catalog size (`choose_kind`)
 INDEX_KINDS = ("flat", "flat_fp16", "ivf", "ivf_sq8", "ivf_pq", "hnsw")
 EXACT_KINDS = ("flat", "flat_fp16")
@@ -81,6 +84,13 @@ class Connection:
     token: str | None = None
     collection: str | None = None
 
+    def shareable(self) -> dict:
+        """The connection as JSON for worker processes; a token goes to them through the
+        environment (CATALOGCLIP_MILVUS_TOKEN), not into a command line or a spec."""
+        if self.token:
+            os.environ[TOKEN_ENV] = self.token
+        return {"backend": self.backend, "uri": self.uri, "collection": self.collection}
+
 
 class VectorStore(Protocol):
     """What an index needs from a vector backend."""
@@ -132,8 +142,11 @@ class Backend(Protocol):
 
     kinds: Sequence[str]
 
-    def create(self, folder: Path, dim: int, vectors: np.ndarray, kind: str, params: VectorParams, connection: Connection) -> VectorStore:
-        """An empty store of `kind`, trained on `vectors` where the kind needs training."""
+    def create(
+        self, folder: Path, dim: int, vectors: np.ndarray, kind: str, params: VectorParams, connection: Connection, products: Sequence[Product]
+    ) -> VectorStore:
+        """An empty store of `kind`, trained on `vectors` where the kind needs training, with room
+        for the filter fields of `products` (what the build will add)."""
 
     def open(self, folder: Path, info: dict, connection: Connection) -> VectorStore: ...
 
@@ -148,10 +161,11 @@ def backend(name: str) -> Backend:
 
 def _register_builtin() -> None:
     # imported here, not at the top: each backend module imports this one for the registry
+    import catalogclip.search.milvus  # noqa: F401  (registers "milvus"; pymilvus is imported only when used)
     import catalogclip.search.vectors  # noqa: F401  (registers "faiss")
 
 
 __all__ = [
     "AUTO_COMPRESS_MIN", "AUTO_FLAT_MAX", "BACKENDS", "Backend", "Connection", "EXACT_KINDS", "INDEX_KINDS",
-    "Selection", "VectorParams", "VectorStore", "backend", "choose_kind",
+    "Selection", "TOKEN_ENV", "VectorParams", "VectorStore", "backend", "choose_kind",
 ]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from catalogclip.embeddings import Encoder
+    from catalogclip.search.backend import Connection
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 200
@@ -265,6 +266,7 @@ def open_engine(
     device: str = "cpu",
     catalog_root: str | Path | None = None,
     need_model: bool = True,
+    connection: "Connection | None" = None,
 ) -> SearchEngine:
     """An engine over an index, encoding queries with `run` (default: the run that built it).
 
@@ -273,7 +275,7 @@ def open_engine(
     from catalogclip.embed import RunEncoder
     from catalogclip.train.runs import load_run
 
-    index = ProductIndex.open(index_path, catalog_root)
+    index = ProductIndex.open(index_path, catalog_root, connection)
     run = run or index.info.get("run")
     if not run:
         raise ValueError(f"{index_path} does not record the run it was built with; give --run")

@@ -132,7 +132,7 @@ class ProductIndex:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             store = MetadataStore(tmp / META_FILE)
-            index = chosen.create(tmp, int(vectors.shape[1]), vectors, kind, params or VectorParams(), connection)
+            index = chosen.create(tmp, int(vectors.shape[1]), vectors, kind, params or VectorParams(), connection, products)
             store.set_info(
                 format=FORMAT_VERSION,
                 model_id=model_id,

@@ -317,9 +317,12 @@ def worker_app() -> FastAPI:
     """uvicorn's app factory in each worker process: its own engine, from WORKER_SPEC_ENV."""
     from catalogclip.search.engine import open_engine
 
+    from catalogclip.search.backend import Connection
+
     spec = json.loads(os.environ[WORKER_SPEC_ENV])
     _one_thread_per_request()
-    return create_app(open_engine(**spec["engine"]), ServiceOptions(**spec["options"]))
+    engine_args = {**spec["engine"], "connection": Connection(**spec["engine"].get("connection", {}))}
+    return create_app(open_engine(**engine_args), ServiceOptions(**spec["options"]))
 
 
 def serve_workers(engine_args: dict, workers: int, host: str = "127.0.0.1", port: int = 8000, options: ServiceOptions | None = None) -> None:

@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS categories_row ON categories(row);
 """
 
 
-def _as_number(value: str) -> float | None:
+def as_number(value: str) -> float | None:
     try:
         number = float(value.replace(",", ""))
     except ValueError:
@@ -89,7 +89,7 @@ class MetadataStore:
             self._db.executemany(
                 "INSERT INTO attrs (row, field, key, value, num) VALUES (?, ?, ?, ?, ?)",
                 # One row per value of a multi-value ("Men | Women"): a filter on either finds it.
-                [(row, f, fold(v), v, _as_number(v)) for f, value in product.attributes.items() for v in split_values(value)],
+                [(row, f, fold(v), v, as_number(v)) for f, value in product.attributes.items() for v in split_values(value)],
             )
             self._db.executemany(
                 "INSERT INTO categories (row, path) VALUES (?, ?)",

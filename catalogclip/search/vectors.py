@@ -33,6 +33,7 @@ from catalogclip.io import atomic_path
 from catalogclip.search.backend import (  # noqa: F401  (AUTO_FLAT_MAX, choose_kind: re-exported)
     AUTO_FLAT_MAX,
     BACKENDS,
+    EXACT_KINDS,
     INDEX_KINDS,
     Connection,
     Selection,
@@ -53,6 +54,15 @@ def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
         scores, ids = scores[keep], ids[keep]
     order = np.lexsort((ids, -scores))
     return scores[order], ids[order]
+
+
+def _block_top_k(queries: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the k best rows of `block` per query, unordered."""
+    if len(queries) == 1:  # faiss, not numpy: a single-query BLAS gemv stalls for milliseconds on busy cores
+        return faiss.knn(queries, block, k, metric=faiss.METRIC_INNER_PRODUCT)
+    scores = queries @ block.T  # a batch: one matrix product, reading the block once for every query
+    rows = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(scores, rows, 1), rows
 
 
 @contextlib.contextmanager
@@ -180,6 +190,8 @@ class VectorIndex:
         with _threads(len(queries)):
             if allowed is not None and n_allowed <= self.exact_limit:
                 return self.exact_many(queries, np.flatnonzero(allowed), k)
+            if len(queries) > 1 and self.kind in EXACT_KINDS:  # one matrix product per block, not one scan per query
+                return self.exact_many(queries, None if allowed is None else np.flatnonzero(allowed), k)
             scores, ids = self._faiss_search(queries, k, allowed, n_allowed)
             out = []
             for query, row_scores, row_ids in zip(queries, scores, ids):
@@ -195,18 +207,29 @@ class VectorIndex:
         """Exact top-k over the given ids."""
         return self.exact_many(np.reshape(query, (1, -1)), ids, k)[0]
 
-    def exact_many(self, queries: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Exact top-k over the given ids for each query, in chunks so memory stays bounded."""
+    def exact_many(self, queries: np.ndarray, ids: np.ndarray | None, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact top-k over the given ids (None: all) for each query, in blocks so memory stays bounded."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-        for start in range(0, len(ids), _EXACT_CHUNK):
-            chunk = ids[start : start + _EXACT_CHUNK]
-            # faiss.knn, not numpy: a single-query BLAS gemv stalls for milliseconds on busy cores
-            scores, rows = faiss.knn(queries, self.reconstruct(chunk), min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
-            for q, (row_scores, row_ids) in enumerate(zip(scores, rows)):
-                found = row_ids >= 0
-                best[q] = _top_k(np.concatenate([best[q][0], row_scores[found]]), np.concatenate([best[q][1], chunk[row_ids[found]]]), k)
-        return best
+        n = self.ntotal if ids is None else len(ids)
+        best_scores, best_ids = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        for start in range(0, n, _EXACT_CHUNK):
+            block_ids = np.arange(start, min(n, start + _EXACT_CHUNK)) if ids is None else ids[start : start + _EXACT_CHUNK]
+            scores, rows = _block_top_k(queries, self._vectors(block_ids), min(k, len(block_ids)))
+            best_scores, best_ids = np.concatenate([best_scores, scores], 1), np.concatenate([best_ids, block_ids[rows]], 1)
+            if best_scores.shape[1] > k:
+                keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+                best_scores, best_ids = np.take_along_axis(best_scores, keep, 1), np.take_along_axis(best_ids, keep, 1)
+        return [_top_k(row_scores, row_ids, k) for row_scores, row_ids in zip(best_scores, best_ids)]
+
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """fp32 vectors of sorted `ids`; exact kinds read their storage in place (a range is a view)."""
+        if self.kind not in EXACT_KINDS:
+            return self.reconstruct(ids)
+        codes = faiss.rev_swig_ptr(self.index.codes.data(), self.index.codes.size())
+        stored = codes.view(np.float32 if self.kind == "flat" else np.float16).reshape(self.ntotal, self.dim)
+        contiguous = len(ids) and ids[-1] - ids[0] == len(ids) - 1
+        block = stored[ids[0] : ids[-1] + 1] if contiguous else stored[ids]
+        return block.astype(np.float32, copy=False)
 
     def _faiss_search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, n_allowed: int):
         # the selector reads `bitmap` during the search, so it stays referenced until we return
@@ -296,7 +319,9 @@ class FaissBackend:
     kinds = INDEX_KINDS
 
     @staticmethod
-    def create(folder: Path, dim: int, vectors: np.ndarray, kind: str, params: VectorParams, connection: Connection) -> FaissStore:
+    def create(
+        folder: Path, dim: int, vectors: np.ndarray, kind: str, params: VectorParams, connection: Connection, products: Sequence[Product] = ()
+    ) -> FaissStore:
         return FaissStore(VectorIndex.empty(dim, kind, params, train=vectors))
 
     @staticmethod
