@@ -37,7 +37,7 @@ def synthetic(n=N, seed=0):
     products = [
         Product(
             f"s{i:05d}", f"product {i}", images=[ImageRef(f"{i}.png")],
-            attributes={"brand": HOSTILE[i % len(HOSTILE)], "colour": ["Red", "Blue", "Black"][i % 3], "price": str(i % 100)},
+            attributes={"brand": HOSTILE[i % len(HOSTILE)], "colour": ["Red", "Blue", "Black", "Red | Blue"][i % 4], "price": str(i % 100)},
             category_path=CATEGORIES[i % len(CATEGORIES)],
         )
         for i in range(n)
@@ -118,6 +118,8 @@ def test_filter_expressions_name_numbered_columns_and_escape_values():
     )
     columns = Columns({"price": 0, "brand": 1}, depth=2)
     assert columns.expression([brand]) == '(f1 in ["a\\"b", "c\\\\"])'
+    columns.multi.add(1)  # some product has several brands: the list column is searched too
+    assert columns.expression([brand]) == '(f1 in ["a\\"b", "c\\\\"] or json_contains_any(m1, ["a\\"b", "c\\\\"]))'
     assert columns.expression([price], exclude_row=7) == "(n0 >= 1.0) and (row != 7)"
     assert columns.expression([category]) == '(c0 in ["C"] or c1 in ["A > B", "A > D"])'
     assert columns.expression([size, brand]).startswith("(false) and ")
@@ -241,14 +243,14 @@ def test_fields_and_depths_first_seen_in_an_update_are_filterable(tmp_path):
         name: ProductIndex.build(tmp_path / name, products, vectors, refs, model_id="m", catalog_root=tmp_path, connection=conn)
         for name, conn in (("faiss", None), ("milvus", milvus(tmp_path)))
     }
-    late = [Product(f"late{i}", "t", images=[ImageRef("x.png")], attributes={"material": ["Cotton", 'Wo"ol'][i % 2], "weight": str(100 + i)},
+    late = [Product(f"late{i}", "t", images=[ImageRef("x.png")], attributes={"material": ["Cotton", 'Wo"ol', "Silk | Wool"][i % 3], "weight": str(100 + i)},
                     category_path=["Apparel", "Top\"wear", "Shirts", "Long ' sleeve"]) for i in range(6)]
     new_vectors = np.random.default_rng(5).standard_normal((6, DIM)).astype(np.float32)
     for index in indexes.values():
         index.add(late, new_vectors, [(i, 0) for i in range(6)])
         index.commit()
     reopened = {name: ProductIndex.open(tmp_path / name) for name in indexes}
-    for filters in ({"material": 'wo"ol'}, {"weight": {"min": 102}}, {"category": "Apparel > Top\"wear > Shirts > Long ' sleeve"},
+    for filters in ({"material": 'wo"ol'}, {"material": ["wool", "cotton"]}, {"weight": {"min": 102}}, {"category": "Apparel > Top\"wear > Shirts > Long ' sleeve"},
                     {"category": "Apparel > Top\"wear > Shirts", "material": "cotton"}):
         results = {name: [h.product.id for h in index.search(np.ones(DIM), 10, index.parse_filters(filters))] for name, index in reopened.items()}
         assert results["milvus"] == results["faiss"] and results["faiss"], filters

@@ -6,8 +6,9 @@ from `Connection.token` or ``CATALOGCLIP_MILVUS_TOKEN``; never written to the in
 
 One entity per product image: ``vid`` (the index's vector id, primary key), ``vector``, ``row``
 (the product's row in the index metadata) and scalar columns for the filters: ``f<i>`` holds the
-folded value of attribute i and ``n<i>`` its number, ``c<d>`` the product's category path cut
-to depth d + 1. Columns are numbered, not named after attributes, so catalog field names never
+folded value of attribute i and ``n<i>`` its number, or ``m<i>`` (a JSON list) the folded values
+of a multi-value ("Men | Women"; a range filter does not look inside those), and ``c<d>`` the
+product's category path cut to depth d + 1. Columns are numbered, not named after attributes, so catalog field names never
 enter an expression; the numbering is recorded in the index. Attributes and depths seen at build
 time are typed columns (evaluated vectorised, also by Milvus Lite); ones that first appear in an
 update go to Milvus's dynamic field under the same names, so expressions do not change. Filters
@@ -34,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from catalogclip.catalog.schema import Product
+from catalogclip.catalog.schema import Product, split_values
 from catalogclip.search.backend import BACKENDS, Connection, Selection, VectorParams
 from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, fold
 from catalogclip.search.store import as_number, category_prefixes
@@ -60,24 +61,30 @@ def _number(value: float) -> str:
 class Columns:
     """Attribute name -> column number, and the category depths, of one collection."""
 
-    def __init__(self, attributes: dict[str, int] | None = None, depth: int = 0) -> None:
+    def __init__(self, attributes: dict[str, int] | None = None, depth: int = 0, multi: Sequence[int] = ()) -> None:
         self.attributes = dict(attributes or {})
         self.depth = depth
+        self.multi = set(multi)  # columns some product gives several values
 
     def to_json(self) -> dict:
-        return {"attributes": self.attributes, "depth": self.depth}
+        return {"attributes": self.attributes, "depth": self.depth, "multi": sorted(self.multi)}
 
     def see(self, products: Sequence[Product]) -> None:
         for product in products:
-            for name in product.attributes:
-                self.attributes.setdefault(name, len(self.attributes))
+            for name, value in product.attributes.items():
+                column = self.attributes.setdefault(name, len(self.attributes))
+                if len(split_values(value)) > 1:
+                    self.multi.add(column)
             self.depth = max(self.depth, len(product.category_path))
 
     def entity(self, vid: int, vector: np.ndarray, row: int, product: Product) -> dict:
         out = {"vid": vid, "vector": vector.tolist(), "row": row}
         out.update({f"c{d}": p for d, p in enumerate(category_prefixes(product.category_path))})
         for name, value in product.attributes.items():
-            column = self.attributes[name]
+            column, values = self.attributes[name], split_values(value)
+            if len(values) > 1:
+                out[f"m{column}"] = [fold(v) for v in values]
+                continue
             out[f"f{column}"] = fold(value)
             number = as_number(value)
             if number is not None:
@@ -101,8 +108,10 @@ class Columns:
                 bounds += [f"{column} <= {_number(clause.high)}"] if clause.high is not None else []
                 clauses.append(" and ".join(bounds))
             else:
+                column = self.attributes[clause.field]
                 values = ", ".join(string_literal(fold(v)) for v in clause.values)
-                clauses.append(f"f{self.attributes[clause.field]} in [{values}]")
+                multi = f" or json_contains_any(m{column}, [{values}])" if column in self.multi else ""
+                clauses.append(f"f{column} in [{values}]{multi}")
         if exclude_row is not None:
             clauses.append(f"row != {int(exclude_row)}")
         return " and ".join(f"({c})" for c in clauses)
@@ -280,6 +289,8 @@ class MilvusBackend:
         for column in columns.attributes.values():
             schema.add_field(f"f{column}", DataType.VARCHAR, max_length=_MAX_TEXT, nullable=True)
             schema.add_field(f"n{column}", DataType.DOUBLE, nullable=True)
+            if column in columns.multi:
+                schema.add_field(f"m{column}", DataType.JSON, nullable=True)
         for depth in range(columns.depth):
             schema.add_field(f"c{depth}", DataType.VARCHAR, max_length=_MAX_TEXT, nullable=True)
         index_params = client.prepare_index_params()
@@ -296,5 +307,5 @@ class MilvusBackend:
             raise FileNotFoundError(f"{folder}: its Milvus collection '{info['collection']}' is not at {uri} (dropped, or another URI?)")
         client.load_collection(info["collection"])
         params = VectorParams(**info["params"])
-        columns = Columns(info["columns"]["attributes"], info["columns"]["depth"])
+        columns = Columns(**info["columns"])
         return MilvusStore(client, uri, info["collection"], info["alias"], info["kind"], params, int(info["dim"]), int(info["next_vid"]), columns)
