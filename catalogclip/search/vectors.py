@@ -190,7 +190,9 @@ class VectorIndex:
         with _threads(len(queries)):
             if allowed is not None and n_allowed <= self.exact_limit:
                 return self.exact_many(queries, np.flatnonzero(allowed), k)
-            if len(queries) > 1 and self.kind in EXACT_KINDS:  # one matrix product per block, not one scan per query
+            # a batch on fp32 vectors: one matrix product per block instead of one scan per query (fp16 blocks
+            # would need converting first, which costs more than faiss's own per-query scans save)
+            if len(queries) > 1 and self.kind == "flat":
                 return self.exact_many(queries, None if allowed is None else np.flatnonzero(allowed), k)
             scores, ids = self._faiss_search(queries, k, allowed, n_allowed)
             out = []
