@@ -138,7 +138,7 @@ def _client(uri: str, token: str | None):
 
 
 def _alias_name(name: str | None) -> str:
-    alias = re.sub(r"\W", "_", name or DEFAULT_ALIAS)
+    alias = re.sub(r"[^A-Za-z0-9_]", "_", name or DEFAULT_ALIAS)  # Milvus names: ASCII letters, digits, _
     return alias if re.match(r"[A-Za-z_]", alias) else f"_{alias}"
 
 
