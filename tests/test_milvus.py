@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalogclip.catalog.schema import ImageRef, Product, read_jsonl
-from catalogclip.search.backend import Connection
+from catalogclip.search.backend import Connection, VectorParams
 from catalogclip.search.build import BuildOptions, build_index, update_index
 from catalogclip.search.engine import SearchEngine
 from catalogclip.search.index import IncompatibleModelError, ProductIndex
@@ -254,3 +254,15 @@ def test_fields_and_depths_first_seen_in_an_update_are_filterable(tmp_path):
                     {"category": "Apparel > Top\"wear > Shirts", "material": "cotton"}):
         results = {name: [h.product.id for h in index.search(np.ones(DIM), 10, index.parse_filters(filters))] for name, index in reopened.items()}
         assert results["milvus"] == results["faiss"] and results["faiss"], filters
+
+
+def test_milvus_ann_kinds_keep_exact_recall_under_a_selective_filter(tmp_path):
+    products, vectors, refs = synthetic(3000)
+    common = dict(model_id="m", catalog_root=tmp_path, params=VectorParams(nlist=50, nprobe=1, ef_search=10))
+    exact = ProductIndex.build(tmp_path / "exact", products, vectors, refs, kind="flat", **common)
+    queries = np.random.default_rng(7).standard_normal((20, DIM)).astype(np.float32)
+    clauses = exact.parse_filters({"brand": 'Pu"ma', "colour": "black"})  # 1 product in 36
+    for kind in ("ivf_sq8", "hnsw"):
+        ann = ProductIndex.build(tmp_path / kind, products, vectors, refs, kind=kind, connection=milvus(tmp_path, kind), **common)
+        assert answers(ann.search_many(queries, 10, clauses)) == answers(exact.search_many(queries, 10, clauses)), kind
+        ann.close()

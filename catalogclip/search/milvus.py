@@ -226,10 +226,6 @@ class MilvusStore:
 
     def search(self, queries: np.ndarray, k: int, selection: Selection) -> list[tuple[np.ndarray, np.ndarray]]:
         expression = self.columns.expression(selection.filters, selection.exclude_row)
-        widen = 1.0
-        if selection.filters:  # a filter keeping 1/w of the vectors needs w times the ANN breadth
-            mask = selection.mask()
-            widen = self._next_vid / max(1, int(mask.sum())) if mask is not None else 1.0
         results = self.client.search(
             self.collection,
             data=np.asarray(queries, dtype=np.float32).tolist(),
@@ -237,19 +233,25 @@ class MilvusStore:
             limit=k,
             filter=expression,
             output_fields=["row"],
-            search_params={"metric_type": "IP", "params": self._search_params(widen, k)},
+            search_params={"metric_type": "IP", "params": self._search_params(selection, k)},
         )
         return [
             (np.asarray([h.distance for h in hits], np.float32), np.asarray([h.id for h in hits], np.int64))
             for hits in results
         ]
 
-    def _search_params(self, widen: float, k: int) -> dict:
+    def _search_params(self, selection: Selection, k: int) -> dict:
+        if self.kind == "flat":
+            return {}
+        widen = 1.0
+        # a filter keeping 1/w of the vectors needs w times the ANN breadth (as the faiss backend does;
+        # Milvus Lite answers selective filters exactly anyway, a server's IVF / HNSW may not)
+        if selection.filters:
+            mask = selection.mask()
+            widen = self._next_vid / max(1, int(mask.sum())) if mask is not None else 1.0
         if self.kind.startswith("ivf"):
             return {"nprobe": min(self.params.nlist, math.ceil(self.params.nprobe * widen))}
-        if self.kind == "hnsw":
-            return {"ef": min(4096, max(k, math.ceil(self.params.ef_search * widen)))}
-        return {}
+        return {"ef": min(4096, max(k, math.ceil(self.params.ef_search * widen)))}  # hnsw
 
 
 def _index_params(kind: str, params: VectorParams, n: int, dim: int) -> dict:
