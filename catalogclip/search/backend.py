@@ -35,6 +35,8 @@ EXACT_KINDS = ("flat", "flat_fp16")
 AUTO_FLAT_MAX = 100_000
 #: above this many vectors `auto` compresses the vectors (8-bit scalar quantisation: 4x smaller)
 AUTO_COMPRESS_MIN = 2_000_000
+#: a filter allowing at most this many vectors is searched exactly (or with full ANN breadth) over them
+EXACT_LIMIT = 20_000
 
 
 @dataclass
@@ -166,6 +168,6 @@ def _register_builtin() -> None:
 
 
 __all__ = [
-    "AUTO_COMPRESS_MIN", "AUTO_FLAT_MAX", "BACKENDS", "Backend", "Connection", "EXACT_KINDS", "INDEX_KINDS",
+    "AUTO_COMPRESS_MIN", "AUTO_FLAT_MAX", "BACKENDS", "Backend", "Connection", "EXACT_KINDS", "EXACT_LIMIT", "INDEX_KINDS",
     "Selection", "TOKEN_ENV", "VectorParams", "VectorStore", "backend", "choose_kind",
 ]

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from catalogclip.catalog.schema import Product, split_values
-from catalogclip.search.backend import BACKENDS, Connection, Selection, VectorParams
+from catalogclip.search.backend import BACKENDS, EXACT_LIMIT, TOKEN_ENV, Connection, Selection, VectorParams
 from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, fold
 from catalogclip.search.store import as_number, category_prefixes
 
@@ -243,15 +243,16 @@ class MilvusStore:
     def _search_params(self, selection: Selection, k: int) -> dict:
         if self.kind == "flat":
             return {}
-        widen = 1.0
-        # a filter keeping 1/w of the vectors needs w times the ANN breadth (as the faiss backend does;
-        # Milvus Lite answers selective filters exactly anyway, a server's IVF / HNSW may not)
-        if selection.filters:
-            mask = selection.mask()
-            widen = self._next_vid / max(1, int(mask.sum())) if mask is not None else 1.0
+        mask = selection.mask() if selection.filters else None
+        n_allowed = self._next_vid if mask is None else int(mask.sum())
+        selective = mask is not None and n_allowed <= EXACT_LIMIT
+        # the filter is applied inside the ANN search: a filter keeping 1/w of the vectors needs w
+        # times the breadth, and a selective one all of it (every list; as many candidates as matches)
+        widen = self._next_vid / max(1, n_allowed)
         if self.kind.startswith("ivf"):
-            return {"nprobe": min(self.params.nlist, math.ceil(self.params.nprobe * widen))}
-        return {"ef": min(4096, max(k, math.ceil(self.params.ef_search * widen)))}  # hnsw
+            return {"nprobe": self.params.nlist if selective else min(self.params.nlist, math.ceil(self.params.nprobe * widen))}
+        ef = max(n_allowed, k) if selective else math.ceil(self.params.ef_search * widen)
+        return {"ef": min(4096, max(k, ef))}
 
 
 def _index_params(kind: str, params: VectorParams, n: int, dim: int) -> dict:

@@ -34,6 +34,7 @@ from catalogclip.search.backend import (  # noqa: F401  (AUTO_FLAT_MAX, choose_k
     AUTO_FLAT_MAX,
     BACKENDS,
     EXACT_KINDS,
+    EXACT_LIMIT,
     INDEX_KINDS,
     Connection,
     Selection,
@@ -41,8 +42,6 @@ from catalogclip.search.backend import (  # noqa: F401  (AUTO_FLAT_MAX, choose_k
     choose_kind,
 )
 
-#: a filter allowing at most this many vectors is searched exactly over them
-EXACT_LIMIT = 20_000
 _EXACT_CHUNK = 65_536
 _IVF_KINDS = ("ivf", "ivf_sq8", "ivf_pq")
 
