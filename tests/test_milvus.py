@@ -138,7 +138,8 @@ def test_engine_queries_and_updates_match_faiss(tmp_path):
         assert results["faiss"] == results["milvus"] and results["faiss"]
         return results["faiss"]
 
-    same(lambda e: e.search_text("red", k=4))
+    for mode in ("vector", "lexical", "hybrid"):  # the lexical side is the index folder's BM25 on both backends
+        same(lambda e: e.search_text("red puma", k=4, mode=mode))
     same(lambda e: e.search_text("green", k=12, filters={"brand": "puma", "price": {"min": 20}}))
     same(lambda e: e.search_category("Apparel > Topwear", k=5))
     assert "p00" not in {pid for pid, _, _ in same(lambda e: e.similar("p00", k=5))}

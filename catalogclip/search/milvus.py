@@ -37,13 +37,15 @@ import numpy as np
 
 from catalogclip.catalog.schema import Product, split_values
 from catalogclip.search.backend import BACKENDS, EXACT_LIMIT, TOKEN_ENV, Connection, Selection, VectorParams
-from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, fold
+from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter
+from catalogclip.search.text import fold
 from catalogclip.search.store import as_number, category_prefixes
 
 DEFAULT_ALIAS = "catalogclip"
 #: our kinds -> Milvus index types (fp16 storage is a faiss kind: Milvus Lite has no FLOAT16_VECTOR)
 INDEX_TYPES = {"flat": "FLAT", "ivf": "IVF_FLAT", "ivf_sq8": "IVF_SQ8", "ivf_pq": "IVF_PQ", "hnsw": "HNSW"}
 _MAX_TEXT = 65_535  # Milvus's longest VARCHAR
+_MAX_EF = 4096
 _BATCH = 2000  # entities per insert call (a gRPC message stays well under its size limit)
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -247,12 +249,12 @@ class MilvusStore:
         n_allowed = self._next_vid if mask is None else int(mask.sum())
         selective = mask is not None and n_allowed <= EXACT_LIMIT
         # the filter is applied inside the ANN search: a filter keeping 1/w of the vectors needs w
-        # times the breadth, and a selective one all of it (every list; as many candidates as matches)
+        # times the breadth, and a selective one all of it (every list; the widest HNSW candidate list)
         widen = self._next_vid / max(1, n_allowed)
         if self.kind.startswith("ivf"):
             return {"nprobe": self.params.nlist if selective else min(self.params.nlist, math.ceil(self.params.nprobe * widen))}
-        ef = max(n_allowed, k) if selective else math.ceil(self.params.ef_search * widen)
-        return {"ef": min(4096, max(k, ef))}
+        ef = _MAX_EF if selective else math.ceil(self.params.ef_search * widen)
+        return {"ef": min(_MAX_EF, max(k, ef))}
 
 
 def _index_params(kind: str, params: VectorParams, n: int, dim: int) -> dict:
@@ -297,7 +299,10 @@ class MilvusBackend:
         for depth in range(columns.depth):
             schema.add_field(f"c{depth}", DataType.VARCHAR, max_length=_MAX_TEXT, nullable=True)
         index_params = client.prepare_index_params()
-        index_params.add_index("vector", index_type=INDEX_TYPES[kind], metric_type="IP", params=_index_params(kind, params, len(vectors), dim))
+        built = _index_params(kind, params, len(vectors), dim)
+        # pymilvus 3 sends build parameters as flat key-value pairs, which Milvus Lite 3.2 ignores
+        # (it reads only a JSON "params" entry, and builds with its defaults); send both
+        index_params.add_index("vector", index_type=INDEX_TYPES[kind], metric_type="IP", params={**built, "params": built} if built else {})
         client.create_collection(collection, schema=schema, index_params=index_params, consistency_level="Strong")
         return MilvusStore(client, uri, collection, alias, kind, params, dim, 0, columns)
 
