@@ -144,3 +144,5 @@ def test_cli_import_caches_beside_out_or_keeps_urls_with_no_download(server, tmp
     assert "kept 5 image URLs unresolved (no download)" in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 5 and rows[1]["images"] == [{"path": f"{server}/slow.jpg", "source": "merchant"}]
+    stats = json.loads(run("stats", out, "--json").stdout)
+    assert stats["products"] == 5 and stats["image_files"]["by_kind"] == {"not downloaded": 6}

@@ -5,9 +5,10 @@ from collections import Counter
 
 from catalogclip.catalog.images import image_problem
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, split_values
+from catalogclip.catalog.schema import Catalog, is_url, split_values
 
 EXAMPLES = 5  # unusable image paths listed (all of them are counted)
+NOT_DOWNLOADED = "not downloaded"
 
 
 def _spread(values: list[int]) -> dict:
@@ -54,11 +55,12 @@ def category_stats(catalog: Catalog) -> dict:
 
 
 def image_file_stats(catalog: Catalog) -> dict:
-    """Images that are missing or empty on disk, by stat (no image is opened)."""
+    """Images that are missing or empty on disk, by stat (no image is opened), and URLs an
+    import kept unresolved (--no-download)."""
     kinds: Counter = Counter()
     examples = []
     for _, image in catalog.iter_images():
-        problem = image_problem(catalog.image_path(image))
+        problem = (NOT_DOWNLOADED, "a URL, not a file") if is_url(image.path) else image_problem(catalog.image_path(image))
         if problem is not None:
             kinds[problem[0]] += 1
             if len(examples) < EXAMPLES:
