@@ -89,7 +89,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     for i, (name, (method, options)) in enumerate(config.runs.items(), start=1):
         say(f"2/6 train {name} ({i}/{len(config.runs)}) on the {config.backbone} backbone")
         run_dir = out / "runs" / name
-        train(run_config(config, catalog, method, options), run_dir, progress=False)
+        train(run_config(config, catalog, method, options), run_dir, progress=False, on_plan=lambda plan: say(f"    {plan}"))
         loaded = load_run(run_dir)
         embed_catalog(loaded.method, run_inputs(run_dir).test, cache_dir=loaded.feature_cache_dir(), progress=False).save(run_dir / "embeddings")
         say(f"3/6 evaluate {name}")

@@ -75,17 +75,17 @@ def keep_usable_images(
         if is_url(image.path):
             usable.append(image)
             continue
-        field = f"field 'images[{number}].path' = '{image.path}'"
         try:
-            path = roots.resolve(image.path)
+            real = roots.real(image.path)
+            problem = image_problem(Path(real), verify) if check_files else None
         except OutsideRootError:
-            dropped.append((OUTSIDE_ROOT, field, "not opened"))
-            continue
-        problem = image_problem(path, verify) if check_files else None
+            problem = (OUTSIDE_ROOT, "not opened")
         if problem is None:
             usable.append(image)
         else:
-            dropped.append((problem[0], field, problem[1]))
+            dropped.append((problem[0], f"field 'images[{number}].path' = '{image.path}'", problem[1]))
+    if not dropped:  # the common case, kept cheap: this runs for every product of a catalog
+        return product
     return drop_images(product, usable, dropped, problems, file, line)
 
 

@@ -165,13 +165,13 @@ class Catalog:
     def image_files(self, problems: ProblemLog, sources: Iterable[str] | None = None) -> list[ImageFile]:
         """Every image (of the given sources) inside the roots; the others are logged, never opened."""
         sources = None if sources is None else set(sources)
-        files = []
+        files, roots = [], self.roots.for_bulk()
         for p, product in enumerate(self.products):
             for n, image in enumerate(product.images):
                 if sources is not None and image.source not in sources:
                     continue
                 try:
-                    files.append(ImageFile(p, n, image, self.image_path(image)))
+                    files.append(ImageFile(p, n, image, roots.resolve(image.path)))
                 except OutsideRootError:
                     self.report_image(problems, OUTSIDE_ROOT, p, n, "not opened")
         return files
@@ -179,10 +179,10 @@ class Catalog:
     def confined(self, problems: ProblemLog) -> "Catalog":
         """The catalog without images outside its roots (each logged); a product left without
         an image is dropped."""
-        kept = []
+        kept, roots = [], self.roots.for_bulk()
         for product in self.products:
             where = self.file or self.root
-            product = keep_usable_images(product, self.roots, problems, where, self.lines.get(product.id), check_files=False)
+            product = keep_usable_images(product, roots, problems, where, self.lines.get(product.id), check_files=False)
             if product is not None:
                 kept.append(product)
         return self.with_products(kept)

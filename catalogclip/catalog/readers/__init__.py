@@ -44,7 +44,7 @@ def read_catalog(
     source = reader(src, problems, options)
     # the image folder the user named and the download cache the import chose are roots too
     cache = options.download.cache_dir if options.download is not None else None
-    roots = ImageRoots(source.root, tuple(p.resolve() for p in (options.image_dir, cache) if p is not None))
+    roots = ImageRoots(source.root, tuple(p.resolve() for p in (options.image_dir, cache) if p is not None)).for_bulk()
     rows = list(unique_products(source.rows, source.file, problems))
     products, lines = [], {}
     for line, product in localise_images(rows, options.download, problems, source.file):
