@@ -97,12 +97,14 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_without_repeated_step
 
 
 def test_plan_takes_whole_epochs_from_the_step_budget():
-    small = make_plan(OptimConfig(step_budget=2000), batches_per_epoch=19, pairs=1200)
+    small = make_plan(OptimConfig(step_budget=2000, max_epochs=100), batches_per_epoch=19, pairs=1200)
     assert (small.epochs, small.steps, small.stop, small.from_budget) == (100, 1900, 1900, True)  # capped by max_epochs
     large = make_plan(OptimConfig(step_budget=2000), batches_per_epoch=1500, pairs=96_000)
     assert (large.epochs, large.steps) == (2, 3000)
     huge = make_plan(OptimConfig(step_budget=2000), batches_per_epoch=4700, pairs=300_000)
     assert (huge.epochs, huge.steps) == (1, 4700)  # at least one pass over the data
+    default = make_plan(OptimConfig(), batches_per_epoch=13, pairs=800)
+    assert (default.epochs, default.steps) == (40, 520)
     given = make_plan(OptimConfig(epochs=3, max_steps=10, grad_accum=2), batches_per_epoch=40, pairs=2560)
     assert (given.epochs, given.steps, given.stop, given.from_budget) == (3, 60, 10, False)
     assert str(given) == "plan: 3 epochs x 40 batches of 64 = 60 steps over 2,560 pairs; stopping at step 10"

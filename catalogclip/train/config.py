@@ -34,9 +34,11 @@ class OptimConfig:
     #: passes over the training pairs; None: as many whole epochs as `step_budget` needs
     epochs: int | None = None
     #: optimiser steps to train for when `epochs` is None (rounded up to whole epochs, at least
-    #: one, at most `max_epochs`): a small catalog gets many epochs, a large one few
-    step_budget: int = 2000
-    max_epochs: int = 100
+    #: one, at most `max_epochs`): a small catalog gets many epochs, a large one few. Measured
+    #: in benchmarks/bench_defaults.py: 500 products peak near 40 epochs and then slowly overfit,
+    #: 8,000 Myntra products still gain up to 4,000 steps
+    step_budget: int = 4000
+    max_epochs: int = 40
     batch_size: int = 64
     #: learning rate of pretrained tower parameters (EI-CLIP paper: 5e-5)
     lr: float = 5e-5
