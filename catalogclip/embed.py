@@ -16,10 +16,10 @@ from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_nodes
 from catalogclip.embeddings import Embeddings
 from catalogclip.featurise.engines import ImageJob, featurise
-from catalogclip.featurise.runtime import TowerForward, open_tower
+from catalogclip.featurise.runtime import TowerForward
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
-from catalogclip.train.data import attribute_text, image_cache, load_rgb, usable_image_files
+from catalogclip.train.data import attribute_text, image_cache, load_rgb, tower_kind, usable_image_files
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -110,10 +110,6 @@ def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
 
 
-def tower_kind(method: Method) -> str:
-    return "tokens" if method.image_input == "tokens" else "features"
-
-
 def image_tower_outputs(method: Method, paths: list[Path], batch_size: int, cache, progress: bool, runtime: str = "auto") -> torch.Tensor:
     """The image tower's outputs for every path, each image encoded once: from (and into) the
     feature cache when one is given (a frozen tower's `image_cache`), else computed in batches."""
@@ -129,12 +125,17 @@ class MethodImages:
 
     def __init__(self, method: Method, runtime: str = "auto") -> None:
         self.method = method
-        self.runtime = runtime
+        self.tower = TowerForward(method.backbone, tower_kind(method), runtime)
 
-    def open(self, sample: torch.Tensor) -> "MethodImages":
-        self.tower = open_tower(self.method.backbone, tower_kind(self.method), self.runtime, sample)
-        self.name = self.tower.name
-        return self
+    def open(self, sample: torch.Tensor) -> "HeadOnTower":
+        return HeadOnTower(self.method, self.tower.open(sample))
+
+
+class HeadOnTower:
+    """An opened `MethodImages`: pixels -> tower outputs (on the runtime) -> the method's image embeddings."""
+
+    def __init__(self, method: Method, tower) -> None:
+        self.method, self.tower, self.name = method, tower, tower.name
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         return embed_tower_outputs(self.method, torch.from_numpy(self.tower(pixels)))
@@ -197,6 +198,7 @@ class RunEncoder:
         self.model_id = model_id or f"{method.name}-untrained"
         self.dim = method.backbone.embed_dim
         self.vocabs = method.vocabs
+        self._image_forwards: dict[str, MethodImages] = {}
 
     def encode_texts(self, texts: list[str], entities: list[dict[str, str]] | None = None) -> np.ndarray:
         ids = None
@@ -213,4 +215,5 @@ class RunEncoder:
 
     def image_job(self, batch_size: int = 32, runtime: str = "auto") -> ImageJob:
         """Image files -> this run's image vectors, for the embedding engines (`index`)."""
-        return ImageJob(load_rgb, self.method.backbone.image_transform(train=False), MethodImages(self.method, runtime), batch_size)
+        forward = self._image_forwards.setdefault(runtime, MethodImages(self.method, runtime))
+        return ImageJob(load_rgb, self.method.backbone.image_transform(train=False), forward, batch_size)

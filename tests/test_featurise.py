@@ -125,3 +125,24 @@ def test_index_vectors_of_a_run_equal_its_query_encoder(tmp_path, runtime):
     vectors, refs = embed_images(encoder, catalog, tmp_path / "work", batch_size=5, shard_size=8, progress=False)
     images = [load_rgb(catalog.image_path(catalog.products[p].images[i])) for p, i in refs]
     np.testing.assert_allclose(vectors, encoder.encode_images(images), atol=1e-5)
+
+
+def test_featurise_command_fills_the_cache_train_reads(brand_catalog, tmp_path):
+    from typer.testing import CliRunner
+
+    from catalogclip.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "runs" / "x"
+    flags = ["--catalog", str(brand_catalog), "--backbone", "tiny", "--set", "backbone.freeze_image=true", "--out", str(run)]
+    result = runner.invoke(app, ["featurise", *flags, "--runtime", "onnx", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    n_images = len(read_jsonl(brand_catalog).products)  # one image each
+    assert f"{n_images} images featurised, {n_images} cached in all (features)" in result.output
+    again = runner.invoke(app, ["featurise", *flags, "--no-progress"])
+    assert f"0 images featurised, {n_images} cached in all" in again.output  # nothing recomputed
+    assert (tmp_path / "runs" / ".featcache").is_dir()  # where `train --out runs/x` looks
+    refused = runner.invoke(app, ["featurise", *flags, "--workers", "2"])
+    assert refused.exit_code == 2 and "embedding engine 'local' does not take option(s) workers" in refused.output
+    trainable = runner.invoke(app, ["featurise", *flags[:4], "--out", str(run)])
+    assert trainable.exit_code == 2 and "backbone 'tiny' trains its image tower" in trainable.output

@@ -17,6 +17,7 @@ from catalogclip.cli import demo as _demo  # noqa: E402,F401
 from catalogclip.cli import train as _train  # noqa: E402,F401
 from catalogclip.cli import evaluate as _evaluate  # noqa: E402,F401
 from catalogclip.cli import search as _search  # noqa: E402,F401
+from catalogclip.cli import featurise as _featurise  # noqa: E402,F401
 
 
 def main() -> None:

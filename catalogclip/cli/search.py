@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from catalogclip.cli.common import UserError, app, user_errors
+from catalogclip.cli.featurise import ENGINE, GPUS_PER_WORKER, RAY_ADDRESS, WORKERS, engine_options
 
 BACKEND_HELP = "Vector store: faiss (in the index folder) or milvus (--uri). Default: faiss for a build, the recorded one otherwise."
 URI_HELP = "milvus: a local .db file (Milvus Lite) or http(s)://host:19530 (a server); overrides the recorded URI when opening."
@@ -47,6 +48,10 @@ def index(
     problems_file: Optional[Path] = typer.Option(None, "--problems", help="Write every problem met to this file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     wait: float = typer.Option(0.0, help="Seconds to wait while another process writes the same index (0: fail at once)."),
+    engine: str = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    workers: Optional[int] = WORKERS,
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
 ) -> None:
     """Embed every product image with a run's model and build a searchable index.
 
@@ -65,6 +70,7 @@ def index(
         options = BuildOptions(
             kind=kind, params=VectorParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search), lexical=lexical, batch_size=batch_size,
             progress=progress, wait=wait, connection=_connection(backend, uri, token, collection),
+            engine=engine_options(engine, ray_address, workers, gpus_per_worker),
         )
         try:
             built, summary = index_run(run, out, catalog, update=update, options=options, device=device, problems=problems)

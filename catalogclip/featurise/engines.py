@@ -3,7 +3,7 @@
 Callers (the feature cache, `embed`, `index`) cut their work into `Shard`s, describe it as an
 `ImageJob` and pass a sink that writes one finished shard atomically; they skip the shards they
 already have, which is what makes a killed job resume without recomputing finished shards.
-Engines are registered by name (`EMBEDDING_ENGINES`): `local` (this process).
+Engines are registered by name (`EMBEDDING_ENGINES`): `local` (this process) and `ray` (Ray Data).
 """
 from __future__ import annotations
 
@@ -79,7 +79,12 @@ EMBEDDING_ENGINES: Registry[Callable[..., EmbeddingEngine]] = Registry("embeddin
 
 
 def make_engine(name: str = "local", **options) -> EmbeddingEngine:
-    return EMBEDDING_ENGINES.get(name)(**options)
+    """The engine registered as `name` with `options`; an option it does not take is an error, not ignored."""
+    factory = EMBEDDING_ENGINES.get(name)
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise ValueError(f"embedding engine '{name}' does not take option(s) {', '.join(sorted(options))}: {exc}") from None
 
 
 def decode_batch(job: ImageJob, paths: Sequence[Path]) -> tuple[list[Any], list[str]]:
@@ -159,6 +164,13 @@ class LocalEngine:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+@EMBEDDING_ENGINES.register("ray")
+def ray_engine(**options) -> EmbeddingEngine:
+    from catalogclip.featurise.ray_engine import RayEngine
+
+    return RayEngine(**options)
 
 
 def featurise(job: ImageJob, paths: Sequence[Path], engine: EmbeddingEngine | None = None, progress: bool = True) -> tuple[np.ndarray, list[str]]:

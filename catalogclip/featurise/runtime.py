@@ -151,12 +151,19 @@ def faster_if_equal(reference: Tower, candidate: Tower, sample: torch.Tensor) ->
 
 
 class TowerForward:
-    """The `Forward` of a backbone's image tower outputs for the embedding engines."""
+    """The `Forward` of a backbone's image tower outputs for the embedding engines; opened once per
+    process (the ONNX export and the `auto` calibration are paid once, not per job)."""
 
     def __init__(self, backbone: Backbone, kind: str = "features", runtime: str = "auto") -> None:
         self.backbone = backbone
         self.kind = kind
         self.runtime = runtime
+        self._tower: Tower | None = None
 
     def open(self, sample: torch.Tensor) -> Tower:
-        return open_tower(self.backbone, self.kind, self.runtime, sample)
+        if self._tower is None:
+            self._tower = open_tower(self.backbone, self.kind, self.runtime, sample)
+        return self._tower
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tower": None}  # a runtime session stays in the process that opened it

@@ -144,15 +144,19 @@ def build_pairs(
     return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories, attributes)
 
 
-def image_cache(method: Method, cache_dir: Path | None):
+def tower_kind(method: Method) -> str:
+    """What a method reads from the image tower: "tokens" (spatial) or pooled "features"."""
+    return "tokens" if method.image_input == "tokens" else "features"
+
+
+def image_cache(method: Method, cache_dir: Path | None, **options):
     """The feature cache of a frozen image tower (tokens or pooled features, as the method takes
-    them), or None when the tower trains."""
+    them), or None when the tower trains; `options` go to `FeatureCache` (runtime, engine)."""
     from catalogclip.train.featcache import FeatureCache
 
     if not method.backbone.image_tower_frozen:
         return None
-    kind = "tokens" if method.image_input == "tokens" else "features"
-    return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=kind)
+    return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=tower_kind(method), **options)
 
 
 def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1) -> list[torch.Tensor]:

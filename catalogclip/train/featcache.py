@@ -70,8 +70,8 @@ class FeatureCache:
         self.backbone = backbone
         self.kind = kind
         self.shard_rows = shard_rows
-        self.runtime = runtime
         self.engine = engine or LocalEngine()
+        self.forward = TowerForward(backbone, kind, runtime) if kind != "text" else None
         self.source_id = backbone.text_feature_id if kind == "text" else backbone.feature_id
         namespace = hashlib.sha256(f"{self.source_id}|{kind}".encode()).hexdigest()[:20]
         self.folder = Path(root) / namespace
@@ -158,7 +158,7 @@ class FeatureCache:
         chunks = [todo[start : start + self.shard_rows] for start in range(0, len(todo), self.shard_rows)]
         shards = [Shard([Path(item) for _, item in chunk], tag=[key for key, _ in chunk]) for chunk in chunks]
         transform = self.backbone.image_transform(train=False)
-        job = ImageJob(load_fn, transform, TowerForward(self.backbone, self.kind, self.runtime), batch_size)
+        job = ImageJob(load_fn, transform, self.forward, batch_size)
         with eval_mode(self.backbone):
             self.engine.run(job, shards, self._write_result, progress)
 
