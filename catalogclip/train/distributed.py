@@ -25,6 +25,11 @@ def init_from_env() -> bool:
     return True
 
 
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's LOCAL_RANK): which of the machine's GPUs it takes."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

@@ -124,7 +124,8 @@ class Trainer:
         self.rank, self.world_size = distributed.rank_and_world()
         self.device = resolve_device(config.optim.device)
         if self.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+            # the machine's GPUs by local rank: global ranks run on past one machine's count under --nnodes
+            self.device = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
 
     # --- set-up -------------------------------------------------------------------------------
     def _load_catalog(self) -> Catalog:
