@@ -1,7 +1,8 @@
 """Featurisation speed of the twotower image tower (EfficientNet-Lite0): today's path vs the tuned ones.
 
-Every variant runs in its own fresh process (glibc's allocator settings are process-wide and
-sticky), the variants interleaved round by round, so each ratio compares runs taken side by side:
+Every variant runs in its own persistent process (glibc's allocator settings are process-wide and
+sticky); the images are cut into chunks and each chunk goes through every variant in turn, so the
+ratios compare timings taken seconds apart on a machine whose load changes by the minute:
 
   today            the path before this work: decode + preprocess + PyTorch forward, batch by batch,
                    in one thread, default glibc allocator (what FeatureCache.fill did)
@@ -13,11 +14,12 @@ sticky), the variants interleaved round by round, so each ratio compares runs ta
   index-auto       `catalogclip index`'s embedding step (`search.build.embed_images`) with a twotower run's
                    encoder (tower + projection head), as it runs by default
 
-Timings cover the whole job after the model is built: opening the runtime (ONNX export, the
-`auto` calibration), decoding, preprocessing, the forward pass and, for the project's paths,
-writing the shards. Every variant's features are compared with today's (min cosine over images).
+Each timed call covers decoding, preprocessing, the forward pass and, for the project's paths,
+writing the shards; a variant's first call also opens its runtime (ONNX export, the `auto`
+calibration) and is reported apart (`first_call_s`). Every variant's features are compared with
+today's (min cosine over all images).
 
-    python benchmarks/bench_featurise.py [--images 512] [--rounds 2] [--threads 2]
+    python benchmarks/bench_featurise.py [--images 512] [--chunk 64] [--threads 2]
 
 Results: benchmarks/results/bench_featurise.json.
 """
@@ -55,45 +57,15 @@ def image_paths(n: int, work: Path) -> tuple[list[Path], str]:
     return paths, f"synthetic catalog, {n} images"
 
 
-# --- one variant, in a fresh process ------------------------------------------------------------
+# --- one variant, in a persistent process --------------------------------------------------------
 def bare_loop(backbone, paths: list[Path], batch: int, tower) -> np.ndarray:
+    import torch
+
     from catalogclip.train.data import load_rgb
 
     transform = backbone.image_transform(train=False)
-    import torch
-
     rows = [tower(torch.stack([transform(load_rgb(p)) for p in paths[i : i + batch]])) for i in range(0, len(paths), batch)]
     return np.concatenate(rows)
-
-
-def run_variant(variant: str, paths: list[Path], batch: int, work: Path) -> tuple[float, np.ndarray, str]:
-    import torch
-
-    from catalogclip.featurise.allocator import tune_allocator
-    from catalogclip.featurise.runtime import OnnxTower, TorchTower, TowerOutputs
-    from catalogclip.train.data import load_rgb
-    from catalogclip.train.featcache import FeatureCache
-
-    method = untrained_clip()
-    backbone = method.backbone
-    if variant != "today":
-        tune_allocator()
-    start = time.perf_counter()
-    runtime = ""
-    if variant in ("today", "bare-torch"):
-        tower = TorchTower(TowerOutputs(backbone))
-        rows, runtime = bare_loop(backbone, paths, batch, tower), tower.name
-    elif variant == "bare-onnx":
-        tower = OnnxTower(TowerOutputs(backbone))
-        rows, runtime = bare_loop(backbone, paths, batch, tower), tower.name
-    elif variant.startswith("cache-"):
-        cache = FeatureCache(work / variant, backbone, runtime=variant.split("-", 1)[1])
-        rows = cache.fill(paths, load_rgb, batch_size=batch, progress=False).float().numpy()
-        runtime = json.loads(next(cache.folder.glob("shard-*.json")).read_text())["runtime"]
-    else:  # index-auto
-        rows, runtime = index_vectors(method, paths, batch, work / variant)
-    seconds = time.perf_counter() - start
-    return len(paths) / seconds, rows, runtime
 
 
 def untrained_clip():
@@ -106,27 +78,58 @@ def untrained_clip():
     return build_method("clip", "twotower", method_config("clip", {})).eval()
 
 
-def index_vectors(method, paths: list[Path], batch: int, work: Path) -> tuple[np.ndarray, str]:
-    """`index`'s embedding step with a method's `RunEncoder`."""
+def prepare(variant: str, batch: int, work: Path):
+    """The variant's job for one chunk of images: paths -> (rows, what ran the model)."""
     from catalogclip.catalog.schema import Catalog, ImageRef, Product
     from catalogclip.embed import RunEncoder
+    from catalogclip.featurise.allocator import tune_allocator
+    from catalogclip.featurise.runtime import OnnxTower, TorchTower, TowerOutputs
     from catalogclip.search.build import embed_images
+    from catalogclip.train.data import load_rgb
+    from catalogclip.train.featcache import FeatureCache
 
-    catalog = Catalog([Product(id=str(i), title="x", images=[ImageRef(str(p))]) for i, p in enumerate(paths)], Path("/"))
+    method = untrained_clip()
+    backbone = method.backbone
+    if variant != "today":
+        tune_allocator()
+    if variant.startswith("bare-") or variant == "today":
+        tower = OnnxTower(TowerOutputs(backbone)) if variant == "bare-onnx" else TorchTower(TowerOutputs(backbone))
+        return lambda paths, k: (bare_loop(backbone, paths, batch, tower), tower.name)
+    if variant.startswith("cache-"):
+        cache = FeatureCache(work / variant, backbone, runtime=variant.split("-", 1)[1])
+
+        def fill(paths, k):
+            rows = cache.fill(paths, load_rgb, batch_size=batch, progress=False).float().numpy()
+            return rows, cache.forward.open(None).name
+        return fill
     encoder = RunEncoder(method=method, model_id="bench")
-    vectors, _ = embed_images(encoder, catalog, work, batch_size=batch, progress=False)
-    # vectors are the projection of the features: compare the projections of today's features instead
-    return vectors, "auto (the runtime is not recorded outside the feature cache)"
+
+    def index(paths, k):  # `index`'s embedding step over the chunk as a catalog
+        catalog = Catalog([Product(id=str(i), title="x", images=[ImageRef(str(p))]) for i, p in enumerate(paths)], Path("/"))
+        vectors, _ = embed_images(encoder, catalog, work / f"{variant}-{k}", batch_size=batch, progress=False)
+        return vectors, encoder.image_job().forward.tower.open(None).name
+    return index
 
 
 def worker(args: argparse.Namespace) -> None:
+    """Loads the model, then featurises the chunk numbers it reads from stdin, timing each."""
     import torch
 
     torch.set_num_threads(args.threads)
     paths = [Path(line) for line in Path(args.paths_file).read_text().splitlines()]
-    rate, rows, runtime = run_variant(args.worker, paths, args.batch, Path(args.work))
-    np.save(args.rows_out, rows)
-    print(json.dumps({"images_per_s": rate, "runtime": runtime}))
+    chunks = [paths[i : i + args.chunk] for i in range(0, len(paths), args.chunk)]
+    run = prepare(args.worker, args.batch, Path(args.work))
+    print("ready", flush=True)
+    outputs = []
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        k = int(line)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        rows, runtime = run(chunks[k], k)
+        print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, "runtime": runtime}), flush=True)
+        outputs.append(rows)
+    np.save(args.rows_out, np.concatenate(outputs))
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=64, help="images per timed call; the first call of each variant is its warm-up")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
@@ -165,64 +168,79 @@ def main() -> None:
     paths, data = image_paths(args.images, work)
     paths_file = work / "paths.txt"
     paths_file.write_text("".join(f"{p.resolve()}\n" for p in paths))
-    rates: dict[str, list[float]] = {v: [] for v in args.variants}
+    workers = {
+        variant: subprocess.Popen(
+            [sys.executable, __file__, "--worker", variant, "--paths-file", str(paths_file), "--rows-out", str(work / f"{variant}.npy"),
+             "--work", str(work / variant), "--threads", str(args.threads), "--batch", str(args.batch), "--chunk", str(args.chunk)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for variant in args.variants
+    }
+    for variant, proc in workers.items():
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"{variant} did not start")
+    seconds: dict[str, list[float]] = {v: [] for v in args.variants}
+    cpu_seconds: dict[str, list[float]] = {v: [] for v in args.variants}
     runtimes: dict[str, str] = {}
-    rows: dict[str, np.ndarray] = {}
-    loads = []
-    for round_no in range(args.rounds):
-        for variant in args.variants:
-            loads.append(os.getloadavg()[0])
-            out = work / f"{variant}-{round_no}.npy"
-            command = [sys.executable, __file__, "--worker", variant, "--paths-file", str(paths_file), "--rows-out", str(out),
-                       "--work", str(work / f"w{round_no}"), "--threads", str(args.threads), "--batch", str(args.batch)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode:
-                raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            rates[variant].append(result["images_per_s"])
-            runtimes[variant] = result["runtime"]
-            rows[variant] = np.load(out)
-            print(f"round {round_no} {variant:12s} {result['images_per_s']:7.1f} img/s  ({result['runtime']}, load {loads[-1]:.2f})", flush=True)
-    loads.append(os.getloadavg()[0])
+    loads = [os.getloadavg()[0]]
+    n_chunks = -(-len(paths) // args.chunk)
+    for k in range(n_chunks):
+        order = args.variants[k % len(args.variants):] + args.variants[: k % len(args.variants)]  # rotate: no fixed position
+        for variant in order:
+            proc = workers[variant]
+            proc.stdin.write(f"{k}\n")
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            seconds[variant].append(answer["seconds"])
+            cpu_seconds[variant].append(answer["cpu_seconds"])
+            runtimes[variant] = answer["runtime"]
+        loads.append(os.getloadavg()[0])
+        print(f"chunk {k}: " + ", ".join(f"{v} {args.chunk / seconds[v][-1]:.1f}" for v in args.variants) + f" img/s (load {loads[-1]:.2f})", flush=True)
+    for proc in workers.values():
+        proc.stdin.write("quit\n")
+        proc.stdin.close()
+        proc.wait()
+    rows = {v: np.load(work / f"{v}.npy") for v in args.variants}
 
     results = {}
+    steady = {v: (len(paths) - args.chunk) / sum(seconds[v][1:]) for v in args.variants}  # after each variant's first call
+    # CPU time (all threads) per image: what the work costs, whatever share of the cores the scheduler gave the process
+    cpu_ms = {v: 1000 * sum(cpu_seconds[v][1:]) / (len(paths) - args.chunk) for v in args.variants}
     for variant in args.variants:
-        per_round = [r / t for r, t in zip(rates[variant], rates["today"])] if "today" in rates else []
-        reference = rows["today"]
-        if variant == "index-auto":
-            reference = projected(reference)
-        entry = {
-            "images_per_s": [round(r, 1) for r in rates[variant]],
-            "runtime": runtimes[variant],
-            "min_cosine_to_today": min_cosine(rows[variant], reference) if "today" in rows else None,
-        }
-        if per_round:
-            entry["x_today_per_round"] = [round(x, 2) for x in per_round]
-            entry["x_today"] = round(float(np.mean(per_round)), 2)
+        entry = {"images_per_s": round(steady[variant], 2), "cpu_ms_per_image": round(cpu_ms[variant], 1),
+                 "first_call_s": round(seconds[variant][0], 2), "runtime": runtimes[variant]}
+        if "today" in steady:
+            entry["cpu_x_today"] = round(cpu_ms["today"] / cpu_ms[variant], 2)
+            per_chunk = [t / s for s, t in zip(seconds[variant][1:], seconds["today"][1:])]
+            reference = projected(rows["today"]) if variant == "index-auto" else rows["today"]
+            entry.update(x_today=round(steady[variant] / steady["today"], 2),
+                         x_today_per_chunk={"min": round(min(per_chunk), 2), "median": round(float(np.median(per_chunk)), 2), "max": round(max(per_chunk), 2)},
+                         min_cosine_to_today=min_cosine(rows[variant], reference))
         bare = BARE_OF.get(variant)
-        if bare in rates:
-            vs = [r / b for r, b in zip(rates[variant], rates[bare])]
-            entry[f"x_{bare}"] = round(float(np.mean(vs)), 3)
+        if bare in steady:
+            entry[f"x_{bare}"] = round(steady[variant] / steady[bare], 3)
         results[variant] = entry
         print(variant, json.dumps(entry), flush=True)
 
     import onnxruntime
     import torch
 
-    payload = {
+    from catalogclip.io import atomic_write_json
+
+    atomic_write_json(args.out, {
         "benchmark": "bench_featurise",
         "command": "python " + " ".join(sys.argv),
-        "settings": {"images": len(paths), "data": data, "batch_size": args.batch, "rounds": args.rounds,
-                     "torch_threads": args.threads, "model": "twotower image tower (EfficientNet-Lite0, 224 px)",
-                     "order": "variants interleaved within each round, each in a fresh process"},
+        "settings": {"images": len(paths), "data": data, "chunk": args.chunk, "batch_size": args.batch, "torch_threads": args.threads,
+                     "model": "twotower image tower (EfficientNet-Lite0, 224 px); index-auto adds an untrained clip projection head",
+                     "order": "one persistent process per variant; each chunk of images goes through every variant in turn (rotating order)",
+                     "images_per_s": "steady rate over all chunks after each variant's first (warm-up) call",
+                     "cpu_ms_per_image": "process CPU time (all threads) per image over the same chunks; on a loaded machine a process "
+                                         "with more runnable threads gets a larger share of the cores, which wall-clock ratios include "
+                                         "and CPU-time ratios do not"},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "load_average_1min": {"min": min(loads), "max": max(loads)},
                     "note": "2 CPU cores shared with other engineers' jobs: compare the ratios, taken side by side"},
         "results": results,
-    }
-    from catalogclip.io import atomic_write_json
-
-    atomic_write_json(args.out, payload)
+    })
     print(f"-> {args.out}")
 
 

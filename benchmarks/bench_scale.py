@@ -16,12 +16,24 @@ attribute with 200 values so that `brand=b0` keeps 0.5% of the products):
     python benchmarks/bench_scale.py --part vectors                      # 100k and 1M (long)
     python benchmarks/bench_scale.py --part vectors --sizes 100000       # quicker
     python benchmarks/bench_scale.py --part vectors --sizes 1000000 --milvus-kinds --out bench_scale_vectors_1m.json
+
+Part `ray` (bench_scale_ray.json): featurisation throughput of the embedding engines, the
+twotower image tower filling a feature cache (decode, preprocess, forward, shards): the `local`
+engine (one process) against the `ray` engine on a local Ray with 1 and 2 model actors. Each
+variant runs in a fresh process, variants interleaved round by round; Ray's start-up (`ray.init`)
+is outside the timing, its actors' start-up (model load, runtime calibration) inside it. On one
+machine Ray cannot be faster than the cores it has: the ratio says what the engine costs here,
+and the actor pool is what spreads the same job over a cluster's machines.
+
+    python benchmarks/bench_scale.py --part ray [--images 256] [--rounds 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -202,16 +214,111 @@ def run_vectors(args) -> None:
     bench_vectors(args.sizes, args.queries, args.milvus_kinds, args.batch, args.nlist, save)
 
 
+# --- part `ray` ----------------------------------------------------------------------------------
+RAY_VARIANTS = {"local": None, "ray-1-worker": 1, "ray-2-workers": 2}
+
+
+def ray_part_variant(variant: str, paths: list[Path], batch: int, threads: int, work: Path) -> tuple[float, np.ndarray]:
+    """Images/s of one engine filling a fresh feature cache, and the rows it cached."""
+    import torch
+
+    from catalogclip.featurise.engines import make_engine
+    from catalogclip.models.backbones.base import build_backbone
+    from catalogclip.train.data import load_rgb
+    from catalogclip.train.featcache import FeatureCache
+
+    torch.set_num_threads(threads)
+    workers = RAY_VARIANTS[variant]
+    engine = make_engine("local")
+    if workers is not None:
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        engine = make_engine("ray", workers=workers, cpus_per_worker=max(1, threads // workers))
+    backbone = build_backbone("twotower").eval()
+    start = time.perf_counter()
+    rows = FeatureCache(work / variant, backbone, engine=engine).fill(paths, load_rgb, batch_size=batch, progress=False)
+    return len(paths) / (time.perf_counter() - start), rows.float().numpy()
+
+
+def run_ray_part(args: argparse.Namespace) -> None:
+    from bench_featurise import image_paths
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-ray-"))
+    paths, data = image_paths(args.images, work)
+    paths_file = work / "paths.txt"
+    paths_file.write_text("".join(f"{p.resolve()}\n" for p in paths))
+    rates: dict[str, list[float]] = {v: [] for v in RAY_VARIANTS}
+    rows: dict[str, np.ndarray] = {}
+    loads = []
+    for round_no in range(args.rounds):
+        for variant in RAY_VARIANTS:
+            loads.append(os.getloadavg()[0])
+            out = work / f"{variant}-{round_no}.npy"
+            command = [sys.executable, __file__, "--part", "ray", "--worker", variant, "--paths-file", str(paths_file),
+                       "--rows-out", str(out), "--work", str(work / f"w{round_no}"), "--threads", str(args.threads), "--image-batch", str(args.image_batch)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+            rate = json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
+            rates[variant].append(rate)
+            rows[variant] = np.load(out)
+            print(f"round {round_no} {variant:14s} {rate:7.1f} img/s (load {loads[-1]:.2f})", flush=True)
+    loads.append(os.getloadavg()[0])
+    results = {}
+    for variant, values in rates.items():
+        results[variant] = {
+            "images_per_s": [round(v, 1) for v in values],
+            "x_local": round(float(np.mean([v / l for v, l in zip(values, rates["local"])])), 3),
+            "max_abs_diff_to_local": float(np.abs(rows[variant] - rows["local"]).max()),
+        }
+        print(variant, json.dumps(results[variant]), flush=True)
+    import ray
+    import torch
+
+    from catalogclip.io import atomic_write_json
+
+    atomic_write_json(RESULTS / "bench_scale_ray.json", {
+        "benchmark": "bench_scale --part ray",
+        "command": "python " + " ".join(sys.argv),
+        "settings": {"images": len(paths), "data": data, "batch_size": args.image_batch, "rounds": args.rounds, "threads": args.threads,
+                     "model": "twotower image tower (EfficientNet-Lite0), runtime auto, feature cache fill",
+                     "ray": f"local Ray, {os.cpu_count()} CPUs; a worker = one model actor with threads / workers threads"},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
+                    "load_average_1min": {"min": min(loads), "max": max(loads)},
+                    "note": "2 CPU cores shared with other engineers' jobs: compare the ratios, taken side by side"},
+        "results": results,
+    })
+    print(f"-> {RESULTS / 'bench_scale_ray.json'}")
+
+
+def ray_worker(args: argparse.Namespace) -> None:
+    paths = [Path(line) for line in Path(args.paths_file).read_text().splitlines()]
+    rate, rows = ray_part_variant(args.worker, paths, args.image_batch, args.threads, Path(args.work))
+    np.save(args.rows_out, rows)
+    print(json.dumps({"images_per_s": rate}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["vectors"], default="vectors")
+    parser.add_argument("--part", choices=["vectors", "ray"], default="vectors")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--milvus-kinds", nargs="*", default=["flat", "ivf_sq8", "hnsw"], help="none: faiss only")
     parser.add_argument("--batch", type=int, default=64, help="concurrent queries scanned together")
     parser.add_argument("--out", default="bench_scale_vectors.json", help="results file name under benchmarks/results/")
     parser.add_argument("--nlist", type=int, default=1024, help="ivf lists (fewer than the default 4 sqrt(n) at 1M: k-means time on 2 cores)")
+    parser.add_argument("--images", type=int, default=256, help="ray: images to featurise")
+    parser.add_argument("--rounds", type=int, default=2, help="ray: interleaved rounds")
+    parser.add_argument("--image-batch", type=int, default=32, help="ray: images per model call")
+    parser.add_argument("--threads", type=int, default=2, help="ray: compute threads in all (split among the actors)")
+    parser.add_argument("--worker", choices=list(RAY_VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--paths-file", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-out", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.part == "ray":
+        ray_worker(args) if args.worker else run_ray_part(args)
     if args.part == "vectors":
         run_vectors(args)
 
