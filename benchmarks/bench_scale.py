@@ -21,7 +21,8 @@ Part `ray` (bench_scale_ray.json): featurisation throughput of the embedding eng
 twotower image tower filling a feature cache (decode, preprocess, forward, shards): the `local`
 engine (one process) against the `ray` engine on a local Ray with 1 and 2 model actors. Each
 variant runs in a fresh process, variants interleaved round by round; Ray's start-up (`ray.init`)
-is outside the timing, its actors' start-up (model load, runtime calibration) inside it. On one
+is outside the timing, its actors' start-up (model load, runtime calibration) inside it; the
+steady rate runs from the first batch written to the last (shards of one batch here). On one
 machine Ray cannot be faster than the cores it has: the ratio says what the engine costs here,
 and the actor pool is what spreads the same job over a cluster's machines.
 
@@ -218,8 +219,24 @@ def run_vectors(args) -> None:
 RAY_VARIANTS = {"local": None, "ray-1-worker": 1, "ray-2-workers": 2}
 
 
-def ray_part_variant(variant: str, paths: list[Path], batch: int, threads: int, work: Path) -> tuple[float, np.ndarray]:
-    """Images/s of one engine filling a fresh feature cache, and the rows it cached."""
+class Stamped:
+    """An engine around another that notes when each shard (here: each batch) reaches the sink."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.stamps, self.rows = inner, [], []
+
+    def run(self, job, shards, sink, progress=True):
+        def stamped(result):
+            sink(result)
+            self.stamps.append(time.perf_counter())
+            self.rows.append(len(result.shard.paths))
+
+        self.inner.run(job, shards, stamped, progress)
+
+
+def ray_part_variant(variant: str, paths: list[Path], batch: int, threads: int, work: Path) -> tuple[dict, np.ndarray]:
+    """Images/s of one engine filling a fresh feature cache (whole job, and steady: from the first
+    batch written to the last), and the rows it cached."""
     import torch
 
     from catalogclip.featurise.engines import make_engine
@@ -235,10 +252,14 @@ def ray_part_variant(variant: str, paths: list[Path], batch: int, threads: int, 
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         engine = make_engine("ray", workers=workers, cpus_per_worker=max(1, threads // workers))
+    engine = Stamped(engine)
     backbone = build_backbone("twotower").eval()
     start = time.perf_counter()
-    rows = FeatureCache(work / variant, backbone, engine=engine).fill(paths, load_rgb, batch_size=batch, progress=False)
-    return len(paths) / (time.perf_counter() - start), rows.float().numpy()
+    cache = FeatureCache(work / variant, backbone, shard_rows=batch, engine=engine)
+    rows = cache.fill(paths, load_rgb, batch_size=batch, progress=False)
+    whole = len(paths) / (time.perf_counter() - start)
+    steady = (len(paths) - engine.rows[0]) / (engine.stamps[-1] - engine.stamps[0])
+    return {"images_per_s": whole, "steady_images_per_s": steady}, rows.float().numpy()
 
 
 def run_ray_part(args: argparse.Namespace) -> None:
@@ -249,6 +270,7 @@ def run_ray_part(args: argparse.Namespace) -> None:
     paths_file = work / "paths.txt"
     paths_file.write_text("".join(f"{p.resolve()}\n" for p in paths))
     rates: dict[str, list[float]] = {v: [] for v in RAY_VARIANTS}
+    steady: dict[str, list[float]] = {v: [] for v in RAY_VARIANTS}
     rows: dict[str, np.ndarray] = {}
     loads = []
     for round_no in range(args.rounds):
@@ -260,16 +282,19 @@ def run_ray_part(args: argparse.Namespace) -> None:
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            rate = json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
-            rates[variant].append(rate)
+            answer = json.loads(done.stdout.strip().splitlines()[-1])
+            rates[variant].append(answer["images_per_s"])
+            steady[variant].append(answer["steady_images_per_s"])
             rows[variant] = np.load(out)
-            print(f"round {round_no} {variant:14s} {rate:7.1f} img/s (load {loads[-1]:.2f})", flush=True)
+            print(f"round {round_no} {variant:14s} {rates[variant][-1]:7.1f} img/s, steady {steady[variant][-1]:7.1f} (load {loads[-1]:.2f})", flush=True)
     loads.append(os.getloadavg()[0])
     results = {}
     for variant, values in rates.items():
         results[variant] = {
             "images_per_s": [round(v, 1) for v in values],
             "x_local": round(float(np.mean([v / l for v, l in zip(values, rates["local"])])), 3),
+            "steady_images_per_s": [round(v, 1) for v in steady[variant]],
+            "steady_x_local": round(float(np.mean([v / l for v, l in zip(steady[variant], steady["local"])])), 3),
             "max_abs_diff_to_local": float(np.abs(rows[variant] - rows["local"]).max()),
         }
         print(variant, json.dumps(results[variant]), flush=True)
@@ -294,9 +319,9 @@ def run_ray_part(args: argparse.Namespace) -> None:
 
 def ray_worker(args: argparse.Namespace) -> None:
     paths = [Path(line) for line in Path(args.paths_file).read_text().splitlines()]
-    rate, rows = ray_part_variant(args.worker, paths, args.image_batch, args.threads, Path(args.work))
+    rates, rows = ray_part_variant(args.worker, paths, args.image_batch, args.threads, Path(args.work))
     np.save(args.rows_out, rows)
-    print(json.dumps({"images_per_s": rate}))
+    print(json.dumps(rates))
 
 
 def main() -> None:
