@@ -12,7 +12,7 @@ import pytest
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog
 from catalogclip.evaluate.attribute_queries import AttributeQueryOptions, attribute_queries, number_forms, possessive
-from catalogclip.evaluate.judged import evaluate_index, evaluate_judged, judged_ranks, mode_list
+from catalogclip.evaluate.judged import engine_search, evaluate_index, evaluate_judged, judged_ranks, mode_list, tune_fusion
 from catalogclip.evaluate.qrels import JudgedQueries, read_judged
 from catalogclip.search.build import BuildOptions, build_index
 from catalogclip.search.engine import SearchEngine
@@ -244,6 +244,20 @@ def test_index_results_get_a_row_per_mode_in_reports(engine, tmp_path):
     assert "## Shopper queries (attribute-queries) per query family" in files.markdown.read_text()
 
 
+def test_fusion_tuned_on_judged_queries_is_what_hybrid_search_then_scores(engine):
+    # brand words are only in the titles (the palette encoder sees colours): lexical must weigh more
+    judged = JudgedQueries({"p": "puma", "d": "diesel things", "r": "red puma"},
+                           {"p": {f"p{i:02d}": 1 for i in range(0, 13, 2)}, "d": {f"p{i:02d}": 1 for i in range(1, 12, 2)},
+                            "r": {"p00": 1, "p06": 1, "p12": 1}})
+    tuned = tune_fusion(engine, judged)
+    grid = {(g["method"], g["weight"]): g["nDCG@10"] for g in tuned.tuned["grid"]}
+    assert tuned.tuned["value"] == max(grid.values()) == grid[(tuned.method, tuned.weight)]
+    assert tuned.weight < 0.5 and grid[(tuned.method, tuned.weight)] > grid[("weighted", 1.0)]
+    engine.fusion = tuned
+    result, _ = evaluate_judged(engine_search(engine), judged, ["hybrid"], engine.index.store.product_ids())
+    assert result["tasks"]["hybrid"]["metrics"]["all"]["nDCG@10"] == pytest.approx(tuned.tuned["value"], abs=1e-6)
+
+
 def test_mode_names():
     assert mode_list(["vector,vector", "hybrid"]) == ["vector", "hybrid"]
     with pytest.raises(ValueError, match="unknown search mode 'fuzzy'"):
@@ -274,6 +288,13 @@ def test_cli_evaluates_an_index_on_attribute_queries_and_judged_files(tmp_path):
     assert again.exit_code == 0, again.output
     rerun = json.loads((tmp_path / "again" / "eval" / "judged.json").read_text())
     assert rerun["tasks"] == {m: {**t, "seconds": rerun["tasks"][m]["seconds"]} for m, t in result["tasks"].items()}
+
+    tuned = cli("evaluate", "--index", tmp_path / "idx", "--qrels", eval_dir / "attribute-queries.qrels",
+                "--queries", eval_dir / "attribute-queries.queries.jsonl", "--tune")
+    assert tuned.exit_code == 0 and "fusion tuned on 15 queries" in tuned.output, tuned.output
+    from catalogclip.search.index import ProductIndex
+
+    assert ProductIndex.open(tmp_path / "idx").info["fusion"]["tuned"]["queries"] == 15
 
     (tmp_path / "bad.qrels").write_text("q1 0 p00\n")
     (tmp_path / "q.tsv").write_text("q1\tred\n")

@@ -20,6 +20,7 @@ def evaluate(
     queries: Optional[Path] = typer.Option(None, "--queries", help="With --index and TREC qrels: query texts (TSV 'QID<TAB>text' or JSONL)."),
     mode: List[str] = typer.Option(["all"], "--mode", help="With --index: vector | lexical | hybrid | all (repeat or comma-separate)."),
     per_family: int = typer.Option(50, help="attribute-queries: queries per query family."),
+    tune: bool = typer.Option(False, "--tune", help="With --index and --qrels: choose the hybrid fusion on these queries and save it in the index (then evaluate on other queries)."),
     catalog: Optional[Path] = typer.Option(None, help="Catalog to evaluate as is (default: the test side of the run's split)."),
     embeddings: Optional[Path] = typer.Option(None, help="Embeddings folder (default: RUN/embeddings, made by `catalogclip embed`)."),
     candidates: Optional[Path] = typer.Option(None, help="sample100 candidate lists to reuse (a RUN/eval/sample100-candidates.json)."),
@@ -43,7 +44,7 @@ def evaluate(
         if index is not None:
             if run is not None or baseline is not None:
                 raise UserError("--index evaluates a search index; give it without --run or --baseline")
-            _evaluate_index(index, protocol, queries, qrels, mode, out, seed, per_family)
+            _evaluate_index(index, protocol, queries, qrels, mode, out, seed, per_family, tune)
             return
         if baseline is not None:
             if out is None:
@@ -67,7 +68,7 @@ def evaluate(
 
 
 def _evaluate_index(index: Path, protocol: List[str], queries: Optional[Path], qrels: Optional[Path], mode: List[str],
-                    out: Optional[Path], seed: int, per_family: int) -> None:
+                    out: Optional[Path], seed: int, per_family: int, tune: bool) -> None:
     import sys
 
     from catalogclip.catalog.problems import ProblemLog
@@ -84,6 +85,14 @@ def _evaluate_index(index: Path, protocol: List[str], queries: Optional[Path], q
     finally:  # the bad lines are named even when nothing usable is left
         if problems.problems:
             problems.report(out=sys.stderr)
+    if tune:
+        from catalogclip.evaluate.judged import tune_fusion
+
+        fusion = tune_fusion(engine, judged)
+        engine.index.set_info(fusion=fusion.to_json())
+        typer.echo(f"fusion tuned on {fusion.tuned['queries']} queries: {fusion.method}, vector weight {fusion.weight} "
+                   f"({fusion.tuned['metric']} {100 * fusion.tuned['value']:.1f}); saved in {index}. Evaluate on other queries.")
+        return
     result = evaluate_index(engine, judged, mode, out, name)
     print_result(name, result)
     typer.echo(f"results -> {out / 'eval' / name}.json (per query: {name}-per-query.jsonl)")
