@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from catalogclip.featurise.engines import EmbeddingEngine
 from catalogclip.models.backbones.base import BackboneConfig
 from catalogclip.search.backend import Connection
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
@@ -31,6 +32,8 @@ class DemoConfig:
     seed: int = 0
     #: where the index keeps its vectors (None: faiss in the index folder; see `milvus_lite`)
     vectors: Connection | None = None
+    #: what embeds the index's images (None: the `local` engine; see catalogclip/featurise)
+    engine: EmbeddingEngine | None = None
     #: which methods to train; each becomes one row of the report
     runs: dict[str, tuple[str, dict]] = field(
         default_factory=lambda: {
@@ -101,7 +104,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     evaluate_baseline("bm25", ["full", "sample100", "category"], baseline, run_inputs(runs["clip"]))
 
     say(f"4/6 index the catalog with the EI-CLIP run (vectors in {(config.vectors and config.vectors.backend) or 'faiss'})")
-    searches = index_and_search(runs["eiclip"], out / "index", config.vectors)
+    searches = index_and_search(runs["eiclip"], out / "index", config.vectors, config.engine)
     say("5/6 shopper queries: the EI-CLIP run's test products indexed, attribute-queries in every search mode")
     shopper = shopper_queries(runs["eiclip"], out)
 
@@ -137,12 +140,13 @@ def milvus_lite(out: Path) -> Connection:
     return Connection("milvus", str(Path(out).resolve() / "milvus.db"), collection="demo")
 
 
-def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None = None) -> dict[str, dict]:
+def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None = None,
+                     engine: EmbeddingEngine | None = None) -> dict[str, dict]:
     """Build the search index of the run's catalog and answer the example queries (hybrid:
     the model's vectors and BM25, fused; each hit says which side found it)."""
     from catalogclip.search.build import BuildOptions, index_run
     from catalogclip.search.engine import open_engine
 
-    index_run(run_dir, index_dir, options=BuildOptions(progress=False, connection=vectors))
+    index_run(run_dir, index_dir, options=BuildOptions(progress=False, connection=vectors, engine=engine))
     engine = open_engine(index_dir, run_dir)
     return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}

@@ -19,13 +19,17 @@ def demo(
     serve: bool = typer.Option(False, "--serve", help="Serve the search page at the end."),
     port: int = typer.Option(8000, help="Port for --serve."),
     milvus: bool = typer.Option(False, "--milvus", help="Keep the index's vectors in Milvus Lite (OUT/milvus.db) instead of FAISS."),
+    engine: str = typer.Option("local", help="Embedding engine of the index step: local | ray (a local Ray, one model actor)."),
 ) -> None:
     """Generate a synthetic catalog, train every method, evaluate, report, index and search it."""
     with user_errors():
         from catalogclip.demo import DemoConfig, milvus_lite, run_demo
 
         vectors = milvus_lite(out) if milvus else None
-        result = run_demo(DemoConfig(out=out, products=products, backbone=backbone, epochs=epochs, vectors=vectors), say=typer.echo)
+        from catalogclip.featurise.engines import make_engine
+
+        config = DemoConfig(out=out, products=products, backbone=backbone, epochs=epochs, vectors=vectors, engine=make_engine(engine))
+        result = run_demo(config, say=typer.echo)
         for query, found in result.searches.items():
             entities = ", ".join(f"{m['group']}={m['value']}" for m in found["entities"]) or "none"
             top = "; ".join(f"{r['product']['title']} [{' + '.join(r['sides'])}]" for r in found["results"][:3])
