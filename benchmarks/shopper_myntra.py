@@ -30,7 +30,8 @@ from eiclip_myntra import ENTITIES  # noqa: E402
 from catalogclip.catalog.schema import Catalog, write_jsonl  # noqa: E402
 from catalogclip.embed import RunEncoder, product_image  # noqa: E402
 from catalogclip.evaluate.attribute_queries import ATTRIBUTE_QUERIES, AttributeQueryOptions, attribute_queries  # noqa: E402
-from catalogclip.evaluate.judged import evaluate_index, tune_fusion  # noqa: E402
+from catalogclip.evaluate.judged import evaluate_index  # noqa: E402
+from catalogclip.search.tune import save_fusion, tune_fusion  # noqa: E402
 from catalogclip.evaluate.qrels import JudgedQueries  # noqa: E402
 from catalogclip.io import atomic_write_json  # noqa: E402
 from catalogclip.models.batch import Batch  # noqa: E402
@@ -130,15 +131,15 @@ def evaluate_runs(runs: dict[str, Path], catalog: Catalog, cache: Path, work: Pa
             if not queries:  # the same test products for every run (one split), so one query set
                 judged = attribute_queries(engine.index.store.iter_products(), AttributeQueryOptions(seed=seed, per_family=2 * per_family))
                 queries.update(zip(("validation", "test"), split_queries(judged)))
-            engine.fusion = tune_fusion(engine, queries["validation"])
-            engine.index.set_info(fusion=engine.fusion.to_json())
+            tuning = tune_fusion(engine, queries["validation"], boosts=(engine.fusion.boost,))
+            save_fusion(engine, tuning.best)
             result = evaluate_index(engine, queries["test"], list(MODES), work / "shopper" / folder, ATTRIBUTE_QUERIES)
             table = compact(result)
             out["runs"].setdefault(name, {})[variant] = {
                 "test_products": len(engine.index), "lexical": lexical.to_json(),
                 "fusion": {k: v for k, v in engine.fusion.to_json().items() if k != "tuned"},
-                "fusion_tuning": {k: v for k, v in engine.fusion.tuned.items() if k != "grid"},
-                "fusion_grid": engine.fusion.tuned["grid"], "table": table, "target": target(table),
+                "fusion_tuning": engine.fusion.tuned,
+                "fusion_grid": tuning.grid, "table": table, "target": target(table),
                 "seconds": round(time.perf_counter() - started, 1)}
             print(f"{name} / lexical {variant}: fusion {engine.fusion.method} w={engine.fusion.weight}; "
                   + "; ".join(f"{m} nDCG@10 {100 * table[m]['all']['nDCG@10']:.1f}" for m in MODES), flush=True)

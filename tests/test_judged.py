@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ import pytest
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog
 from catalogclip.evaluate.attribute_queries import AttributeQueryOptions, attribute_queries, number_forms, possessive
-from catalogclip.evaluate.judged import engine_search, evaluate_index, evaluate_judged, judged_ranks, mode_list, tune_fusion
+from catalogclip.evaluate.judged import engine_search, evaluate_index, evaluate_judged, judged_ranks, mode_list
+from catalogclip.search.tune import tune_fusion
 from catalogclip.evaluate.qrels import JudgedQueries, read_judged
 from catalogclip.search.build import BuildOptions, build_index
 from catalogclip.search.engine import SearchEngine
@@ -249,8 +249,9 @@ def test_fusion_tuned_on_judged_queries_is_what_hybrid_search_then_scores(engine
     judged = JudgedQueries({"p": "puma", "d": "diesel things", "r": "red puma"},
                            {"p": {f"p{i:02d}": 1 for i in range(0, 13, 2)}, "d": {f"p{i:02d}": 1 for i in range(1, 12, 2)},
                             "r": {"p00": 1, "p06": 1, "p12": 1}})
-    tuned = tune_fusion(engine, judged)
-    grid = {(g["method"], g["weight"]): g["nDCG@10"] for g in tuned.tuned["grid"]}
+    tuning = tune_fusion(engine, judged, boosts=(engine.fusion.boost,))
+    tuned = tuning.best
+    grid = {(g["method"], g["weight"]): g["nDCG@10"] for g in tuning.grid}
     assert tuned.tuned["value"] == max(grid.values()) == grid[(tuned.method, tuned.weight)]
     assert tuned.weight < 0.5 and grid[(tuned.method, tuned.weight)] > grid[("weighted", 1.0)]
     engine.fusion = tuned

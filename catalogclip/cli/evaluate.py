@@ -86,10 +86,10 @@ def _evaluate_index(index: Path, protocol: List[str], queries: Optional[Path], q
         if problems.problems:
             problems.report(out=sys.stderr)
     if tune:
-        from catalogclip.evaluate.judged import tune_fusion
+        from catalogclip.search.tune import save_fusion, tune_fusion
 
-        fusion = tune_fusion(engine, judged)
-        engine.index.set_info(fusion=fusion.to_json())
+        fusion = tune_fusion(engine, judged).best
+        save_fusion(engine, fusion)
         typer.echo(f"fusion tuned on {fusion.tuned['queries']} queries: {fusion.method}, vector weight {fusion.weight} "
                    f"({fusion.tuned['metric']} {100 * fusion.tuned['value']:.1f}); saved in {index}. Evaluate on other queries.")
         return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -23,8 +22,7 @@ from catalogclip.evaluate.attribute_queries import ATTRIBUTE_QUERIES, AttributeQ
 from catalogclip.evaluate.metrics import Ranks, graded_ndcg, per_query
 from catalogclip.evaluate.qrels import JudgedQueries, read_judged
 from catalogclip.io import atomic_write_json, atomic_write_text
-from catalogclip.search.fusion import METHODS as FUSION_METHODS
-from catalogclip.search.fusion import MODES, FusionConfig
+from catalogclip.search.fusion import MODES
 
 if TYPE_CHECKING:
     from catalogclip.search.engine import SearchEngine
@@ -34,8 +32,6 @@ JUDGED_METRICS = ("P@1", "P@5", "P@10", "Recall@10", "Recall@100", "MRR@10", "nD
 DEPTH = 100
 #: the top of each ranking kept in the per-query file
 TOP_SHOWN = 10
-#: the vector side's fusion weights `tune_fusion` tries (the lexical side gets 1 - weight)
-TUNING_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 #: search(text, k, mode) -> product ids, best first
 SearchFn = Callable[[str, int, str], list[str]]
@@ -167,32 +163,3 @@ def judged_or_generated(engine: "SearchEngine", protocol: str, queries: str | Pa
     eval_dir = Path(out_dir) / "eval"
     judged.save(eval_dir / f"{ATTRIBUTE_QUERIES}.qrels", eval_dir / f"{ATTRIBUTE_QUERIES}.queries.jsonl")
     return judged, ATTRIBUTE_QUERIES
-
-
-def tune_fusion(engine: "SearchEngine", judged: JudgedQueries, metric: str = "nDCG@10",
-                methods: Sequence[str] = FUSION_METHODS, weights: Sequence[float] = TUNING_WEIGHTS) -> FusionConfig:
-    """The hybrid fusion (method and vector weight) with the best mean `metric` on judged queries.
-
-    Each query's candidates are fetched once and fused again for every setting. Tune on queries
-    other than the ones you report (the chosen values are recorded in `FusionConfig.tuned`).
-    """
-    from catalogclip.search.engine import rank
-
-    usable, _ = _in_index(judged, engine.index.store.product_ids())
-    qids = usable.ids
-    if not qids:
-        raise ValueError("no judged query has a relevant product in the index: nothing to tune on")
-    candidates = [engine.candidates(usable.queries[q], DEPTH, mode="hybrid") for q in qids]
-    ids = engine.index.store.ids_by_row({row for c in candidates for found in c.sides.values() for row, _, _ in found})
-    relevant = [usable.relevant(q) for q in qids]
-    scores = {}
-    for method in methods:
-        for weight in weights:
-            config = replace(engine.fusion, method=method, weight=float(weight), tuned=None)
-            rankings = [[ids[r.row] for r in rank(c, config, DEPTH)] for c in candidates]
-            ranks, gains = judged_ranks(rankings, relevant, DEPTH)
-            scores[(method, float(weight))] = float(query_metrics(ranks, gains, [metric])[metric].mean())
-    (method, weight), best = max(scores.items(), key=lambda item: item[1])  # first best: grid order breaks ties
-    grid = [{"method": m, "weight": w, metric: round(v, 6)} for (m, w), v in scores.items()]
-    return replace(engine.fusion, method=method, weight=weight,
-                   tuned={"metric": metric, "value": round(best, 6), "queries": len(qids), "grid": grid})

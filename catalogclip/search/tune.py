@@ -43,13 +43,14 @@ def tune_fusion(
 ) -> Tuning:
     """The fusion setting with the best mean `metric` over the judged queries (ties: the first
     in grid order, so the simpler / earlier setting wins)."""
-    from catalogclip.evaluate.judged import judged_ranks, query_metrics
+    from catalogclip.evaluate.judged import _in_index, judged_ranks, query_metrics
 
     base = engine.fusion
     depth = base.depth
+    judged, _ = _in_index(judged, engine.index.store.product_ids())  # judgments of products the index lacks cannot be met
     qids = [q for q in judged.ids if judged.relevant(q)]
     if not qids:
-        raise ValueError("no judged query has a relevant product")
+        raise ValueError("no judged query has a relevant product in the index: nothing to tune on")
     candidates = [engine.candidates(judged.queries[q], depth, mode="hybrid") for q in qids]
     relevant = [judged.relevant(q) for q in qids]
     ids = _product_ids(engine, candidates)
