@@ -132,14 +132,14 @@ def search(
 
 
 def _open_image(path: Path):
-    from PIL import Image
+    """A query image through the service's upload decoder: the same format allow-list and budgets."""
+    from catalogclip.search.uploads import ImageRejected, decode_image
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return decode_image(path.read_bytes())
+    except ImageRejected as exc:
         raise UserError(f"{path}: not a readable image ({exc})") from None
 
 
