@@ -80,14 +80,15 @@ def test_auto_keeps_pytorch_unless_the_candidate_agrees_and_is_faster():
         open_tower(backbone, "features", "tensorrt", pixels)
 
 
-def test_local_engine_shards_batches_and_unreadable_images(tmp_path):
+@pytest.mark.parametrize("processes", [0, 2], ids=["decoder-threads", "decoder-processes"])
+def test_local_engine_shards_batches_and_unreadable_images(tmp_path, processes):
     backbone = frozen_tiny().eval()
     paths = write_images(tmp_path / "images", 7)
     paths[3].write_bytes(b"not an image")
     shards = [Shard(paths[:5], tag="a"), Shard(paths[5:], tag="b")]
     done = []
     job = ImageJob(_load, backbone.image_transform(), TowerForward(backbone, runtime="onnx"), batch_size=2)
-    LocalEngine(prefetch=3).run(job, shards, done.append, progress=False)
+    LocalEngine(decode_processes=processes, prefetch=3).run(job, shards, done.append, progress=False)
     assert [r.shard.tag for r in done] == ["a", "b"]
     assert [bool(e) for r in done for e in r.errors] == [False] * 3 + [True] + [False] * 3
     assert "cannot decode" in done[0].errors[3] and done[0].runtime.startswith("onnxruntime")

@@ -12,7 +12,8 @@ from catalogclip.embed import embed_catalog
 from catalogclip.models.backbones.base import BackboneConfig
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
 from catalogclip.train.runs import load_run
-from catalogclip.train.trainer import train, warmup_cosine
+from catalogclip.train.data import iterate_batches, loader_workers
+from catalogclip.train.trainer import Trainer, train, warmup_cosine
 
 
 def tiny_run(catalog, method: str, epochs: int = 40, **options) -> RunConfig:
@@ -168,3 +169,34 @@ def test_product_packed_batches_always_hold_two_products():
     batches = usable_batches(data, batch_size=6, seed=0, epoch=0, views=3, world_size=1)
     assert len(batches) == 2
     assert all(len(index[rows].unique()) == 2 for rows in batches)
+
+
+def test_loader_workers_build_the_batches_this_process_would(brand_catalog, tmp_path):
+    """Worker processes decode and augment exactly what this process would, batch for batch (so
+    any number of workers trains the same model and resumes exactly), and building a batch
+    leaves the training RNG untouched."""
+    config = tiny_run(brand_catalog, "clipita")
+    config.backbone.augment = True
+    method, data = Trainer(config, tmp_path / "run", progress=False).setup()
+    assert data.image_inputs is None  # the tiny image tower trains on pixels: decoded every step
+    rng = torch.get_rng_state()
+    here = list(iterate_batches(method, data, 8, seed=3, epoch=1, skip=1, workers=0))
+    assert torch.equal(torch.get_rng_state(), rng)
+    there = list(iterate_batches(method, data, 8, seed=3, epoch=1, skip=1, workers=2))
+    assert len(here) == len(there) > 1
+    for a, b in zip(here, there):
+        assert torch.equal(a.product_keys, b.product_keys) and torch.equal(a.images, b.images)
+        assert a.categories == b.categories
+    # augmentation is random per batch: another epoch crops the same product's image differently
+    first_epoch = {int(k): img for b in iterate_batches(method, data, 8, seed=3, epoch=0) for k, img in zip(b.product_keys, b.images)}
+    shared = [k for k, b in enumerate(here[0].product_keys.tolist()) if b in first_epoch]
+    assert any(not torch.equal(here[0].images[k], first_epoch[here[0].product_keys[k].item()]) for k in shared)
+
+
+def test_loader_workers_default_to_none_on_cpu_and_several_for_pixels_on_gpu(brand_catalog, tmp_path):
+    _, data = Trainer(tiny_run(brand_catalog, "clip"), tmp_path / "run", progress=False).setup()
+    assert loader_workers(None, data, torch.device("cpu")) == 0
+    assert loader_workers(None, data, torch.device("cuda")) >= 1
+    assert loader_workers(3, data, torch.device("cpu")) == 3
+    data.image_inputs = torch.zeros(len(data), 4)  # cached tower outputs: nothing to decode
+    assert loader_workers(None, data, torch.device("cuda")) == 0

@@ -27,6 +27,9 @@ class DataConfig:
     feature_cache: str | None = None
     #: run frozen towers once and reuse their outputs (False: every step runs them, e.g. to measure)
     cache_features: bool = True
+    #: processes that decode and augment images ahead of the model when a tower trains on pixels
+    #: (None: several on a GPU, none on CPU; batches are the same for any number)
+    loader_workers: int | None = None
 
 
 @dataclass
@@ -62,7 +65,7 @@ class OptimConfig:
 
 RESUMABLE = frozenset({
     "optim.max_steps", "optim.checkpoint_every", "optim.log_every", "optim.device",
-    "data.feature_cache", "data.image_root",
+    "data.feature_cache", "data.image_root", "data.loader_workers",
 })
 """Settings a resumed run may change: where it stops, how often it logs and checkpoints, where it
 runs, where cached features and images are found. Everything else (model, data, batches,

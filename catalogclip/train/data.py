@@ -7,6 +7,7 @@ skipped and counted with the catalog's file and line before training starts, nev
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -184,7 +185,10 @@ def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_
     return batches
 
 
-def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, generator: torch.Generator) -> Batch:
+def make_batch(image_input: str, data: PairData, rows: torch.Tensor, transform, seed: int) -> Batch:
+    """The batch of pair `rows`; `seed` fixes its category draws and image augmentations, so a batch
+    is the same wherever it is built (this process or a loader worker) and on resume."""
+    generator = torch.Generator().manual_seed(seed)
     products = data.product_index[rows]
     batch = Batch(product_keys=products, texts=[data.texts[i] for i in products.tolist()])
     if data.entity_ids is not None:
@@ -193,18 +197,26 @@ def make_batch(method: Method, data: PairData, rows: torch.Tensor, transform, ge
         batch.text_features = data.text_features[data.text_feature_index[products]]
     if data.image_inputs is not None:
         cached = data.image_inputs[rows].float()
-        if method.image_input == "tokens":
+        if image_input == "tokens":
             batch.image_tokens = cached
         else:
             batch.image_features = cached
     else:
-        batch.images = torch.stack([transform(load_rgb(data.image_paths[r])) for r in rows.tolist()])
+        batch.images = augmented_images(data, rows, transform, seed)
     if data.categories is not None:
         batch.categories, batch.category_keys = sample_categories(data, products, generator)
         batch.category_path_nodes = [data.categories[i] for i in products.tolist()]
     if data.attribute_texts is not None:
         batch.attribute_texts = [data.attribute_texts[i] for i in products.tolist()]
     return batch
+
+
+def augmented_images(data: PairData, rows: torch.Tensor, transform, seed: int) -> torch.Tensor:
+    """Decoded, augmented images of `rows`; torchvision draws from the global RNG, so it is
+    seeded here and restored after, leaving the training RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(load_rgb(data.image_paths[r])) for r in rows.tolist()])
 
 
 def sample_categories(data: PairData, products: torch.Tensor, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
@@ -217,6 +229,32 @@ def sample_categories(data: PairData, products: torch.Tensor, generator: torch.G
     return chosen, torch.tensor([ids[c] for c in chosen], dtype=torch.long)
 
 
+class EpochBatches(torch.utils.data.Dataset):
+    """Batch `k` of an epoch, built where the loader runs it: in this process, or in a worker
+    process that decodes images while the model trains on the previous batch."""
+
+    def __init__(self, image_input: str, data: PairData, plan: list[tuple[torch.Tensor, int]], transform) -> None:
+        self.image_input, self.data, self.plan, self.transform = image_input, data, plan, transform
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> Batch:
+        rows, seed = self.plan[k]
+        return make_batch(self.image_input, self.data, rows, self.transform, seed)
+
+
+def loader_workers(requested: int | None, data: PairData, device: torch.device) -> int:
+    """Worker processes that build batches: as requested, else (None) enough to keep a GPU fed
+    where images are decoded every step, and none on CPU or from cached features (the model
+    itself needs the cores, and slicing cached rows costs nothing)."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu" or data.image_inputs is not None:
+        return 0
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
 def iterate_batches(
     method: Method,
     data: PairData,
@@ -226,22 +264,27 @@ def iterate_batches(
     skip: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    workers: int = 0,
 ) -> Iterator[Batch]:
-    """Batches of one epoch in the (seed, epoch) order, starting after `skip` batches.
+    """Batches of one epoch in the (seed, epoch) order, starting after `skip` batches, built by
+    `workers` loader processes (0: in this one); the same batches either way.
 
     Under torch.distributed each rank gets its contiguous, equal-sized slice of every global
     batch (all_gather needs equal shapes: a remainder of fewer rows than ranks is left out). A
     batch smaller than two rows per rank is dropped: it has no negatives to contrast with.
     """
-    transform = method.backbone.image_transform(train=True)
     generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    plan = []
     for batch_no, rows in enumerate(usable_batches(data, batch_size, seed, epoch, method.views_per_product, world_size)):
-        # the category sampler advances for every batch, skipped ones included, to stay resumable
-        batch_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        if batch_no < skip:
-            continue
-        local = rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank]
-        yield make_batch(method, data, local, transform, batch_generator)
+        # every batch draws its seed, skipped ones included, to stay resumable
+        batch_seed = int(torch.randint(2**62, (1,), generator=generator))
+        if batch_no >= skip:
+            plan.append((rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank], batch_seed))
+    batches = EpochBatches(method.image_input, data, plan, method.backbone.image_transform(train=True))
+    if workers == 0:
+        yield from (batches[k] for k in range(len(batches)))
+    else:
+        yield from torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4)
 
 
 def usable_batches(data: PairData, batch_size: int, seed: int, epoch: int, views: int, world_size: int) -> list[torch.Tensor]:

@@ -31,10 +31,11 @@ from catalogclip.models.methods import Method
 from catalogclip.train import distributed
 from catalogclip.train.checkpoint import load_trainable_state, trainable_state
 from catalogclip.train.config import RESUMABLE, RunConfig
-from catalogclip.train.data import PairData, build_pairs, iterate_batches, usable_batches
+from catalogclip.train.data import PairData, build_pairs, iterate_batches, loader_workers, usable_batches
 from catalogclip.train.plan import Plan, make_plan
 from catalogclip.train.runs import feature_cache_dir
 
+#: called after every optimiser step with the step's record (loss values on log steps only)
 StepHook = Callable[[int, dict], None]
 PlanHook = Callable[[Plan], None]
 
@@ -196,12 +197,14 @@ class Trainer:
         last_step = plan.stop
         bar = tqdm(total=last_step, initial=step, disable=not (self.progress and distributed.is_main()), desc=f"train {cfg.method}", unit="step")
         last_loss = float("nan")
+        losses: dict = {}
         window_start, window_pairs = time.perf_counter(), 0
         micro = 0
+        workers = loader_workers(cfg.data.loader_workers, data, self.device)
         model.train()
         while step < last_step and epoch < plan.epochs:
             for batch_no, batch in enumerate(
-                iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size), start=skip
+                iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size, workers), start=skip
             ):
                 losses = self._forward(model, batch.to(self.device))
                 (losses["loss"] / opt.grad_accum).backward()
@@ -211,14 +214,15 @@ class Trainer:
                     continue
                 self._optimizer_step(method, optimizer, scheduler)
                 step += 1
-                last_loss = float(losses["loss"].detach())
-                record = {"step": step, "epoch": epoch, **{k: round(float(v.detach()), 5) for k, v in losses.items()}}
-                pairs_per_s = window_pairs / (time.perf_counter() - window_start)
+                record = {"step": step, "epoch": epoch}
+                # loss values are read only on log steps: reading one waits for the GPU to finish the step
                 if step % opt.log_every == 0 or step == last_step:
+                    pairs_per_s = window_pairs / (time.perf_counter() - window_start)
+                    record.update({k: round(float(v.detach()), 5) for k, v in losses.items()})
                     record.update(method.log_values(), lr=scheduler.get_last_lr()[0], pairs_per_s=round(pairs_per_s, 2))
                     self._log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_per_s=f"{pairs_per_s:.1f}")
                     window_start, window_pairs = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{last_loss:.4f}", pairs_per_s=f"{pairs_per_s:.1f}")
                 bar.update(1)
                 if step % opt.checkpoint_every == 0 or step == last_step:
                     self._checkpoint(method, optimizer, scheduler, step, epoch, batch_no + 1)
@@ -230,6 +234,8 @@ class Trainer:
                 epoch, skip = epoch + 1, 0
                 continue
             break
+        if losses:
+            last_loss = float(losses["loss"].detach())
         bar.close()
         self._finish(method)
         return TrainResult(self.run_dir, step, last_loss, len(data), self.problems, plan)
