@@ -131,7 +131,10 @@ def evaluate_runs(runs: dict[str, Path], catalog: Catalog, cache: Path, work: Pa
             if not queries:  # the same test products for every run (one split), so one query set
                 judged = attribute_queries(engine.index.store.iter_products(), AttributeQueryOptions(seed=seed, per_family=2 * per_family))
                 queries.update(zip(("validation", "test"), split_queries(judged)))
-            tuning = tune_fusion(engine, queries["validation"], boosts=(engine.fusion.boost,))
+            # the index as `catalogclip index` leaves it, before any judged query: the default fusion
+            default = compact(evaluate_index(engine, queries["test"], ["hybrid"], work / "shopper" / f"{folder}-default", ATTRIBUTE_QUERIES))
+            default_fusion = {k: v for k, v in engine.fusion.to_json().items() if k != "tuned"}
+            tuning = tune_fusion(engine, queries["validation"])
             save_fusion(engine, tuning.best)
             result = evaluate_index(engine, queries["test"], list(MODES), work / "shopper" / folder, ATTRIBUTE_QUERIES)
             table = compact(result)
@@ -140,9 +143,11 @@ def evaluate_runs(runs: dict[str, Path], catalog: Catalog, cache: Path, work: Pa
                 "fusion": {k: v for k, v in engine.fusion.to_json().items() if k != "tuned"},
                 "fusion_tuning": engine.fusion.tuned,
                 "fusion_grid": tuning.grid, "table": table, "target": target(table),
+                "untuned_default": {"fusion": default_fusion, "hybrid": default["hybrid"], "target": target({**table, **default})},
                 "seconds": round(time.perf_counter() - started, 1)}
             print(f"{name} / lexical {variant}: fusion {engine.fusion.method} w={engine.fusion.weight}; "
-                  + "; ".join(f"{m} nDCG@10 {100 * table[m]['all']['nDCG@10']:.1f}" for m in MODES), flush=True)
+                  + "; ".join(f"{m} nDCG@10 {100 * table[m]['all']['nDCG@10']:.1f}" for m in MODES)
+                + f"; hybrid with the untuned default {100 * default['hybrid']['all']['nDCG@10']:.1f}", flush=True)
     out["query_sets"] = {part: {"queries": len(q), "per_family": {f: sum(q.family(i) == f for i in q.ids) for f in sorted({q.family(i) for i in q.ids})}}
                          for part, q in queries.items()}
     for part, q in queries.items():
@@ -156,7 +161,10 @@ def print_table(runs: dict) -> None:
             print(f"\n{name}, lexical over {variant} (fusion {row['fusion']['method']}, vector weight {row['fusion']['weight']}); nDCG@10/P@1")
             for group in row["table"]["hybrid"]:
                 cells = "  ".join(f"{m} {100 * row['table'][m][group]['nDCG@10']:5.1f}/{100 * row['table'][m][group]['P@1']:5.1f}" for m in MODES)
-                print(f"  {group:<20} {cells}  target met: {row['target'][group]['met']}")
+                untuned = row["untuned_default"]["hybrid"][group]
+                print(f"  {group:<20} {cells}  target met: {row['target'][group]['met']}"
+                      f"  | untuned default hybrid {100 * untuned['nDCG@10']:5.1f}/{100 * untuned['P@1']:5.1f}"
+                      f" met: {row['untuned_default']['target'][group]['met']}")
 
 
 def main() -> None:
@@ -198,7 +206,8 @@ def main() -> None:
                      "fields with the index's default weights, and again over titles only",
             "queries": f"attribute-queries (seed {args.seed}) from the test products; each family's queries alternate into a "
                        "validation and a test half (disjoint label combinations)",
-            "fusion": "tuned per run on the validation half only (tune_fusion: method in {weighted, rrf} x vector weight 0..1 "
+            "untuned_default": "hybrid with the fusion a fresh index has (FusionConfig defaults), on the same test half",
+            "fusion": "tuned per run on the validation half only (tune_fusion: method in {weighted, rrf} x vector weight 0..1 x entity boost {0, 0.1, 0.2, 0.4} "
                       "step 0.1, best nDCG@10), saved in the index; the test half is never used to choose it",
             "entity_boost": "the engine's default (recognised entities boost their products in every mode)",
             "metrics": "nDCG@10 (graded; a query's relevant products all carry the same grade) and P@1, as fractions; "

@@ -8,7 +8,7 @@ from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl
 from catalogclip.evaluate.metrics import Ranks, mean_metrics
 from catalogclip.search.build import BuildOptions, build_index, update_index
 from catalogclip.search.engine import SearchEngine
-from catalogclip.search.fusion import FusionConfig, boosted, fuse, minmax
+from catalogclip.search.fusion import FusionConfig, boosted, competition_ranks, fuse, minmax
 from catalogclip.search.index import ProductIndex
 from catalogclip.search.lexical import LexicalParams, analyse, parse_weights, product_document
 from catalogclip.search.query import QueryError
@@ -86,6 +86,7 @@ def same_ranking(got, expected):
 
 def test_fusion_against_hand_computed_rankings():
     sides = {"vector": [("a", 0.9), ("b", 0.5), ("c", 0.1)], "lexical": [("c", 8.0), ("a", 4.0)]}
+    assert competition_ranks([("a", 3.0), ("b", 2.0), ("c", 2.0), ("d", 1.0)]) == [1, 2, 2, 4]
     rrf = fuse(sides, FusionConfig(method="rrf", weight=0.5, rrf_k=60))
     assert same_ranking(rrf, [("a", 0.5 / 61 + 0.5 / 62), ("c", 0.5 / 63 + 0.5 / 61), ("b", 0.5 / 62)])
     weighted = fuse(sides, FusionConfig(method="weighted", weight=0.3))
@@ -106,19 +107,21 @@ def test_fusion_against_hand_computed_rankings():
 def test_hybrid_hits_say_which_side_found_them(tmp_path):
     catalog = read_jsonl(write_catalog(tmp_path / "shop"))
     index = build_index(PaletteEncoder(), catalog, tmp_path / "idx", BuildOptions(progress=False))
-    engine = SearchEngine(index, PaletteEncoder(), FusionConfig(method="rrf", boost=0.0))
+    engine = SearchEngine(index, PaletteEncoder(), FusionConfig(method="rrf", weight=0.5, boost=0.0, adaptive=False))
     vector = engine.search_text("red shoes", k=12, mode="vector").hits
     lexical = engine.search_text("red shoes", k=12, mode="lexical").hits
     hybrid = engine.search_text("red shoes", k=12, mode="hybrid").hits
     assert all(set(h.sides) == {"vector"} for h in vector) and all(set(h.sides) == {"lexical"} for h in lexical)
     v_rank = {h.product.id: r for r, h in enumerate(vector, 1)}
-    l_rank = {h.product.id: r for r, h in enumerate(lexical, 1)}
-    expected = {pid: 0.5 / (60 + v_rank[pid]) + (0.5 / (60 + l_rank[pid]) if pid in l_rank else 0.0) for pid in v_rank}
+    # equal scores share the better rank in the fusion (products of one colour look alike)
+    v_fused = {h.product.id: 1 + sum(o.score > h.score for o in vector) for h in vector}
+    l_fused = {h.product.id: 1 + sum(o.score > h.score for o in lexical) for h in lexical}
+    expected = {pid: 0.5 / (60 + v_fused[pid]) + (0.5 / (60 + l_fused[pid]) if pid in l_fused else 0.0) for pid in v_rank}
     assert ids(hybrid) == sorted(expected, key=lambda pid: (-expected[pid], v_rank[pid]))
     for hit in hybrid:
         assert hit.score == pytest.approx(expected[hit.product.id])
         assert hit.sides["vector"]["rank"] == v_rank[hit.product.id]
-        assert ("lexical" in hit.sides) == (hit.product.id in l_rank)
+        assert ("lexical" in hit.sides) == (hit.product.id in l_fused)
     red_shoes = {p.id for p in catalog if p.attributes["colour"] == "Red" and p.category_path == SHOES}
     assert set(ids(hybrid)[: len(red_shoes)]) == red_shoes and red_shoes
     with pytest.raises(QueryError, match="unknown search mode 'semantic'"):
@@ -150,6 +153,33 @@ def test_vector_wins_where_the_answer_is_in_the_images_and_lexical_where_it_is_i
     queries = {f"{w} print": {pid for pid, t in titles.items() if t.lower().startswith(w)} for w in words}
     scores = {mode: _ndcg(engine, queries, mode) for mode in ("vector", "lexical", "hybrid")}
     assert scores["lexical"] == 1.0 and scores["vector"] < 0.7 and scores["hybrid"] >= scores["lexical"]
+
+
+def test_coverage_is_the_share_of_query_terms_the_catalog_text_has(tmp_path):
+    index = build_index(PaletteEncoder(), shop(tmp_path, {"s": "Grey Sweatshirt", "t": "Anti-Slip Mat"}), tmp_path / "idx", TITLES_ONLY)
+    assert index.lexical.coverage("grey sweatshirt") == 1.0
+    assert index.lexical.coverage("grey sipper") == 0.5
+    assert index.lexical.coverage("grey sweat shirt") == 1.0  # the catalog writes the two words as one
+    assert index.lexical.coverage("velvet sipper bottle") == 0.0
+    assert index.lexical.coverage("buy grey sweatshirt online") == 1.0  # shopping words the catalog lacks do not count
+    assert index.lexical.coverage("buy velvet online") == 0.0
+    assert FusionConfig(weight=0.2).side_weights(0.5) == pytest.approx({"vector": 0.6, "lexical": 0.4})
+    assert FusionConfig(weight=0.2).side_weights(0.0) == pytest.approx({"vector": 1.0, "lexical": 0.0})
+    assert FusionConfig(weight=0.2, adaptive=False).side_weights(0.5) == pytest.approx({"vector": 0.2, "lexical": 0.8})
+
+
+def test_adaptive_fusion_lets_the_images_answer_words_no_title_has(tmp_path):
+    """Titles know "item" (some say it twice, so BM25 orders them) but no colour: only the images
+    do. With a fixed low vector weight BM25's order of "item" buries the colour; the adaptive
+    weight hands a query whose colour word no title has to the vector side."""
+    colours = {f"i{n}": COLOURS[n % 6] for n in range(12)}
+    titles = {pid: "Classic Item Item" if n % 2 else "Classic Item" for n, pid in enumerate(colours)}
+    index = build_index(PaletteEncoder(), shop(tmp_path / "images", titles, colours), tmp_path / "idx", TITLES_ONLY)
+    queries = {f"{c} item": {pid for pid, pc in colours.items() if pc == c} for c in COLOURS}
+    fixed = _ndcg(SearchEngine(index, PaletteEncoder(), FusionConfig(method="weighted", weight=0.2, adaptive=False, boost=0.0)), queries, "hybrid")
+    adaptive = _ndcg(SearchEngine(index, PaletteEncoder(), FusionConfig(method="weighted", weight=0.2, boost=0.0)), queries, "hybrid")
+    vector = _ndcg(SearchEngine(index, PaletteEncoder()), queries, "vector")
+    assert adaptive >= vector == 1.0 > fixed
 
 
 @pytest.mark.parametrize("typed", ["baby girl tshirt", "Baby Girls T-Shirts", "baby girl's t shirt", "BABY GIRL T SHIRTS"])

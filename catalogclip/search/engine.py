@@ -94,6 +94,7 @@ class Candidates:
     sides: dict[str, list[Found]]  # side -> (product row, score, vector id), best first
     entities: list[EntityMatch]
     share: dict[int, float]  # product row -> fraction of the recognised entity groups it carries
+    coverage: float = 1.0  # share of the query's terms the lexical index knows (adaptive fusion)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Ranked:
 def rank(candidates: Candidates, config: FusionConfig, k: int) -> list[Ranked]:
     """The top k of the fused, entity-boosted candidates, with the sides that found each."""
     found = {side: {row: (r, score, vid) for r, (row, score, vid) in enumerate(rows, start=1)} for side, rows in candidates.sides.items()}
-    ranking = fuse({side: [(row, score) for row, score, _ in rows] for side, rows in candidates.sides.items()}, config)
+    ranking = fuse({side: [(row, score) for row, score, _ in rows] for side, rows in candidates.sides.items()}, config, candidates.coverage)
     out = []
     for row, score in boosted(ranking, candidates.share, config.boost)[:k]:
         seen = {side: found[side][row] for side in found if row in found[side]}
@@ -183,7 +184,8 @@ class SearchEngine:
         if mode != "vector":
             sides["lexical"] = self.index.search_lexical_rows(text, depth, clauses)
         rows = list({row for found in sides.values() for row, _, _ in found})
-        return Candidates(sides, matches, self._shares(rows, entity_clauses))
+        coverage = self.index.lexical.coverage(text) if mode == "hybrid" else 1.0
+        return Candidates(sides, matches, self._shares(rows, entity_clauses), coverage)
 
     def _entity_keys(self, matches: list[EntityMatch]) -> dict[str, set[tuple[str, ...]]]:
         """Recognised values per entity group that products can carry (attributes, category levels)."""

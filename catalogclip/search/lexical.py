@@ -30,6 +30,9 @@ from catalogclip.search import text as shop_text
 FIELDS = ("title", "attributes", "category", "description")
 DEFAULT_WEIGHTS = {"title": 2, "attributes": 1, "category": 1, "description": 1}
 _STOPWORDS = frozenset(shop_text.stem(w) for w in STOPWORDS_EN) | frozenset(STOPWORDS_EN)
+#: words about shopping, not products ("shop sandals", "kurtis online"): a catalog that lacks them
+#: is not missing anything the shopper asked for, so they do not lower a query's coverage
+SHOPPING_WORDS = "buy shop shopping online store sale cheap cheapest price prices deal deals offer offers discount best order"
 
 
 @dataclass
@@ -93,6 +96,11 @@ def _analyse_line(line: str) -> tuple[str, ...]:
     return tuple(words + [w for w in shop_text.compounds(line) if w not in seen])
 
 
+@lru_cache(maxsize=1)
+def _shopping_terms() -> frozenset[str]:
+    return frozenset(analyse(SHOPPING_WORDS))
+
+
 class LexicalIndex:
     """BM25 over product documents; document i is product row `rows[i]`."""
 
@@ -141,6 +149,18 @@ class LexicalIndex:
         words = shop_text.key(text)
         vocab = self.retriever.vocab_dict
         return terms + [a + b for a, b in zip(words, words[1:]) if a + b in vocab and a + b not in terms]
+
+    def coverage(self, text: str) -> float:
+        """The share of the query's terms the catalog's text has (1.0 for a query without terms); a
+        word counts as known when the catalog writes it joined to its neighbour ("t shirt"), and
+        shopping words the catalog lacks ("online") do not count."""
+        vocab = self.retriever.vocab_dict
+        terms = [t for t in analyse(text) if t in vocab or t not in _shopping_terms()]
+        if not terms:
+            return 1.0
+        words = shop_text.key(text)
+        joined = {w for a, b in zip(words, words[1:]) if a + b in vocab for w in (a, b)}
+        return sum(term in vocab or term in joined for term in terms) / len(terms)
 
     def scores(self, text: str) -> np.ndarray:
         """BM25 score of every document for a query (0 where no term matches)."""
