@@ -16,7 +16,7 @@ from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_nodes
 from catalogclip.embeddings import Embeddings
 from catalogclip.featurise.engines import ImageJob, featurise
-from catalogclip.featurise.runtime import TowerForward
+from catalogclip.featurise.runtime import Tower, TowerForward, open_text_tower
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
 from catalogclip.train.data import attribute_text, image_cache, load_rgb, tower_kind, usable_image_files
@@ -74,13 +74,16 @@ def embed_fused_products(
 
 @torch.no_grad()
 def embed_product_texts(
-    method: Method, texts: list[str], entity_ids: list[list[int]] | None = None, batch_size: int = 256
+    method: Method, texts: list[str], entity_ids: list[list[int]] | None = None, batch_size: int = 256, tower: Tower | None = None
 ) -> np.ndarray:
+    """Text embeddings; with `tower` (the text tower on a runtime), the tower's part runs there."""
     device = method.backbone.device
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         batch = Batch(product_keys=torch.arange(len(chunk)), texts=list(chunk))
+        if tower is not None:
+            batch.text_features = torch.from_numpy(tower(*method.backbone.text_inputs(list(chunk)).values()))
         if entity_ids is not None:
             batch.entity_ids = torch.tensor(entity_ids[start : start + batch_size], dtype=torch.long)
         out.append(_numpy(method.embed_texts(batch.to(device))))
@@ -186,9 +189,16 @@ def embed_catalog(
 
 
 class RunEncoder:
-    """`catalogclip.embeddings.Encoder` for a trained run folder (or an already built method)."""
+    """`catalogclip.embeddings.Encoder` for a trained run folder (or an already built method).
 
-    def __init__(self, run_dir: str | Path | None = None, device: str = "cpu", method: Method | None = None, model_id: str | None = None):
+    `text_runtime` runs the text tower of queries: "torch" (the method as it is), "onnx" or
+    "auto" (ONNX Runtime where it agrees with PyTorch and is faster; exported once, here).
+    """
+
+    def __init__(
+        self, run_dir: str | Path | None = None, device: str = "cpu", method: Method | None = None, model_id: str | None = None,
+        text_runtime: str = "torch",
+    ):
         if method is None:
             from catalogclip.train.runs import load_run
 
@@ -199,13 +209,19 @@ class RunEncoder:
         self.dim = method.backbone.embed_dim
         self.vocabs = method.vocabs
         self._image_forwards: dict[str, MethodImages] = {}
+        self.text_tower = _text_tower(method, text_runtime)
+
+    @property
+    def text_runtime(self) -> str:
+        """What runs the text tower of queries."""
+        return self.text_tower.name if self.text_tower is not None else f"torch {torch.__version__}"
 
     def encode_texts(self, texts: list[str], entities: list[dict[str, str]] | None = None) -> np.ndarray:
         ids = None
         if self.vocabs is not None:
             entities = entities or [{} for _ in texts]
             ids = [self.vocabs.encode_values(e) for e in entities]
-        return embed_product_texts(self.method, list(texts), ids)
+        return embed_product_texts(self.method, list(texts), ids, tower=self.text_tower)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         return embed_pil_images(self.method, images)
@@ -217,3 +233,16 @@ class RunEncoder:
         """Image files -> this run's image vectors, for the embedding engines (`index`)."""
         forward = self._image_forwards.setdefault(runtime, MethodImages(self.method, runtime))
         return ImageJob(load_rgb, self.method.backbone.image_transform(train=False), forward, batch_size)
+
+
+def _text_tower(method: Method, runtime: str) -> Tower | None:
+    """The method's text tower on `runtime`, or None where the method's own PyTorch path runs it
+    ("torch", or "auto" for a backbone whose tower takes strings rather than tensors)."""
+    if runtime == "torch":
+        return None
+    try:
+        return open_text_tower(method.backbone, runtime)
+    except NotImplementedError:
+        if runtime == "auto":
+            return None
+        raise ValueError(f"the {method.backbone.name} text tower runs on PyTorch only, not on '{runtime}'") from None

@@ -63,6 +63,16 @@ class Backbone(nn.Module):
         """Raw strings -> (B, F_txt) pooled text tower output."""
         raise NotImplementedError
 
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Raw strings -> the text tower's input tensors (token ids ...), on CPU: the half of
+        `text_features` a tower runtime does not run (catalogclip/featurise/runtime.py).
+        NotImplementedError: the tower takes the strings themselves."""
+        raise NotImplementedError
+
+    def text_tower_outputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`text_inputs` tensors -> (B, F_txt): the other half."""
+        raise NotImplementedError
+
     def project_image(self, features: torch.Tensor) -> torch.Tensor:
         """Into the shared space; subclasses set `image_proj` (a head, or nn.Identity)."""
         return self.image_proj(features)

@@ -47,11 +47,17 @@ class HashedTextTower(nn.Module):
         self.bag = nn.EmbeddingBag(buckets, dim, mode="mean")
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        ids = [hashed_tokens(text, self.buckets) for text in texts]
         device = self.bag.weight.device
-        offsets = torch.tensor([0, *accumulate(len(i) for i in ids)][:-1], dtype=torch.long, device=device)
-        flat = torch.tensor([b for row in ids for b in row], dtype=torch.long, device=device)
-        return self.bag(flat, offsets)
+        return self.pool({name: x.to(device) for name, x in self.inputs(texts).items()})
+
+    def inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The texts' bucket ids, flat, and where each text's ids start (EmbeddingBag's input)."""
+        ids = [hashed_tokens(text, self.buckets) for text in texts]
+        offsets = torch.tensor([0, *accumulate(len(i) for i in ids)][:-1], dtype=torch.long)
+        return {"tokens": torch.tensor([b for row in ids for b in row], dtype=torch.long), "offsets": offsets}
+
+    def pool(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.bag(inputs["tokens"], inputs["offsets"])
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -104,6 +110,12 @@ class TinyBackbone(Backbone):
     def text_features(self, texts: list[str]) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_tower_frozen):
             return self.text_tower(texts)
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.text_tower.inputs(texts)
+
+    def text_tower_outputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.text_tower.pool(inputs)
 
     @property
     def feature_id(self) -> str:

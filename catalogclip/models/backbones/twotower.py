@@ -181,12 +181,17 @@ class TwoTowerBackbone(Backbone):
         return side, side
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.text_max_length, return_tensors="pt"
-        ).to(self.device)
+        inputs = {name: x.to(self.device) for name, x in self.text_inputs(texts).items()}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_tower_frozen):
-            hidden = self.text_tower(**encoded).last_hidden_state
-        return mean_pool(hidden, encoded["attention_mask"])
+            return self.text_tower_outputs(inputs)
+
+    def text_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.text_max_length, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def text_tower_outputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.text_tower(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        return mean_pool(hidden, inputs["attention_mask"])
 
     @property
     def feature_id(self) -> str:
