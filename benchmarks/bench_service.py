@@ -212,14 +212,14 @@ def profile_text_query(index: Path, words: list[str], mode: str, n: int = 200) -
 
     vector = engine.encoder.encode_texts([queries[0]])[0]
     batches = [queries[i : i + 8] for i in range(0, n, 8)]
-    served = RunEncoder(method=engine.encoder.method, model_id=engine.encoder.model_id, text_runtime=ServiceOptions().text_runtime)
+    served = RunEncoder(method=engine.encoder.method, model_id=engine.encoder.model_id, runtime=ServiceOptions().query_runtime)
     return {
         "threads": 1,
         "mode": mode,
         "link_entities_ms": per_query(engine.understand, queries),
         "encode_alone_ms": per_query(lambda q: engine.encoder.encode_texts([q]), queries),
         "encode_in_batches_of_8_ms_per_query": round(per_query(engine.encoder.encode_texts, batches) / 8, 3),
-        "service_text_runtime": served.text_runtime,
+        "service_runtimes": served.runtimes,
         "service_encode_alone_ms": per_query(lambda q: served.encode_texts([q]), queries),
         "service_encode_in_batches_of_8_ms_per_query": round(per_query(served.encode_texts, batches) / 8, 3),
         "vector_search_and_metadata_ms": per_query(lambda _: engine.index.search(vector, 10), queries),

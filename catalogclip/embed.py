@@ -37,10 +37,15 @@ def _pixels(method: Method, images: Sequence[Image.Image]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_pil_images(method: Method, images: list[Image.Image], batch_size: int = 64) -> np.ndarray:
+def embed_pil_images(method: Method, images: list[Image.Image], batch_size: int = 64, tower: "HeadOnTower | None" = None) -> np.ndarray:
+    """Image embeddings; with `tower` (the image tower on a runtime, then the head), through it."""
     out = []
     for chunk in _chunks(images, batch_size):
-        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=_pixels(method, chunk))
+        pixels = _pixels(method, chunk)
+        if tower is not None:
+            out.append(tower(pixels))
+            continue
+        batch = Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), images=pixels)
         out.append(_numpy(method.embed_images(batch)))
     return np.concatenate(out) if out else np.zeros((0, method.backbone.embed_dim), np.float32)
 
@@ -191,13 +196,14 @@ def embed_catalog(
 class RunEncoder:
     """`catalogclip.embeddings.Encoder` for a trained run folder (or an already built method).
 
-    `text_runtime` runs the text tower of queries: "torch" (the method as it is), "onnx" or
-    "auto" (ONNX Runtime where it agrees with PyTorch and is faster; exported once, here).
+    `runtime` runs the text and image towers of queries: "torch" (the method as it is), "onnx" or
+    "auto" (ONNX Runtime where it agrees with PyTorch and is faster; exported once, here, and
+    calibrated on `SAMPLE_TEXTS` and seeded random pixels).
     """
 
     def __init__(
         self, run_dir: str | Path | None = None, device: str = "cpu", method: Method | None = None, model_id: str | None = None,
-        text_runtime: str = "torch",
+        runtime: str = "torch",
     ):
         if method is None:
             from catalogclip.train.runs import load_run
@@ -209,12 +215,14 @@ class RunEncoder:
         self.dim = method.backbone.embed_dim
         self.vocabs = method.vocabs
         self._image_forwards: dict[str, MethodImages] = {}
-        self.text_tower = _text_tower(method, text_runtime)
+        self.text_tower = _text_tower(method, runtime)
+        self.image_tower = None if runtime == "torch" else MethodImages(method, runtime).open(_sample_pixels(method))
 
     @property
-    def text_runtime(self) -> str:
-        """What runs the text tower of queries."""
-        return self.text_tower.name if self.text_tower is not None else f"torch {torch.__version__}"
+    def runtimes(self) -> dict[str, str]:
+        """What runs the text and the image tower of queries."""
+        return {"text": self.text_tower.name if self.text_tower is not None else f"torch {torch.__version__}",
+                "image": self.image_tower.name if self.image_tower is not None else f"torch {torch.__version__}"}
 
     def encode_texts(self, texts: list[str], entities: list[dict[str, str]] | None = None) -> np.ndarray:
         ids = None
@@ -224,7 +232,7 @@ class RunEncoder:
         return embed_product_texts(self.method, list(texts), ids, tower=self.text_tower)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        return embed_pil_images(self.method, images)
+        return embed_pil_images(self.method, images, tower=self.image_tower)
 
     def encode_categories(self, paths: list[str]) -> np.ndarray:
         return embed_category_paths(self.method, list(paths))
@@ -233,6 +241,12 @@ class RunEncoder:
         """Image files -> this run's image vectors, for the embedding engines (`index`)."""
         forward = self._image_forwards.setdefault(runtime, MethodImages(self.method, runtime))
         return ImageJob(load_rgb, self.method.backbone.image_transform(train=False), forward, batch_size)
+
+
+def _sample_pixels(method: Method) -> torch.Tensor:
+    """Seeded noise images: what "auto" compares the image tower's runtimes on."""
+    size = method.backbone.preprocess.size
+    return torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)).to(method.backbone.device)
 
 
 def _text_tower(method: Method, runtime: str) -> Tower | None:

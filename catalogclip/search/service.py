@@ -155,9 +155,10 @@ class ServiceOptions:
     #: threads decoding uploads (the model runs in the batcher's threads)
     image_threads: int = 2
     image_timeout_s: float = IMAGE_TIMEOUT_S
-    #: what runs a run's text tower for queries (catalogclip/featurise/runtime.py): "auto" picks
-    #: ONNX Runtime where it matches PyTorch and is faster (half MiniLM's time, one lock hold per batch)
-    text_runtime: str = "auto"
+    #: what runs a run's text and image towers for queries (catalogclip/featurise/runtime.py):
+    #: "auto" picks ONNX Runtime where it matches PyTorch and is faster (half MiniLM's time, and
+    #: one interpreter-lock release per batch instead of one per PyTorch operator)
+    query_runtime: str = "auto"
 
 
 def _image_route_doc() -> dict:
@@ -176,19 +177,19 @@ def _result_links() -> dict:
     }}}
 
 
-def _on_text_runtime(encoder, runtime: str):
-    """A run's encoder with its query text tower on `runtime` (other encoders as they are)."""
+def _on_runtime(encoder, runtime: str):
+    """A run's encoder with its query towers on `runtime` (other encoders as they are)."""
     from catalogclip.embed import RunEncoder
 
     if not isinstance(encoder, RunEncoder) or runtime == "torch":
         return encoder
-    return RunEncoder(method=encoder.method, model_id=encoder.model_id, text_runtime=runtime)
+    return RunEncoder(method=encoder.method, model_id=encoder.model_id, runtime=runtime)
 
 
 def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> FastAPI:
     options = options or ServiceOptions()
     index = engine.index
-    encoder = _on_text_runtime(engine.encoder, options.text_runtime)
+    encoder = _on_runtime(engine.encoder, options.query_runtime)
     if options.batch_window_ms > 0:
         encoder = BatchingEncoder(encoder, options.batch_window_ms, options.max_batch)
     if encoder is not engine.encoder:
