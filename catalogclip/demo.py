@@ -143,10 +143,13 @@ def milvus_lite(out: Path) -> Connection:
 def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None = None,
                      engine: EmbeddingEngine | None = None) -> dict[str, dict]:
     """Build the search index of the run's catalog and answer the example queries (hybrid:
-    the model's vectors and BM25, fused; each hit says which side found it)."""
+    the model's vectors and BM25, fused; each hit says which side found it), the query towers
+    on the service's runtime."""
     from catalogclip.search.build import BuildOptions, index_run
     from catalogclip.search.engine import open_engine
 
+    from catalogclip.search.service import ServiceOptions
+
     index_run(run_dir, index_dir, options=BuildOptions(progress=False, connection=vectors, engine=engine))
-    engine = open_engine(index_dir, run_dir)
+    engine = open_engine(index_dir, run_dir, runtime=ServiceOptions.query_runtime)
     return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}
