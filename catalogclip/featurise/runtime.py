@@ -177,10 +177,10 @@ def open_text_tower(backbone: Backbone, runtime: str) -> Tower:
     `backbone.text_inputs(texts)`; `SAMPLE_TEXTS` calibrate "auto". NotImplementedError: the
     backbone cannot hand its tower tensors (it stays on its own `text_features`)."""
     module = TextTowerOutputs(backbone)
-    return open_runtime(module, runtime, *module.example_inputs())
+    return open_runtime(module, runtime, *module.example_inputs(), repeats=3)  # a few short texts: best of three
 
 
-def open_runtime(module: TowerModule, runtime: str, *sample: torch.Tensor) -> Tower:
+def open_runtime(module: TowerModule, runtime: str, *sample: torch.Tensor, repeats: int = 1) -> Tower:
     """`module` on `runtime`; for "auto", ONNX Runtime where it agrees and is faster on `sample`."""
     if runtime != "auto":
         return TOWER_RUNTIMES.get(runtime)(module)
@@ -193,18 +193,18 @@ def open_runtime(module: TowerModule, runtime: str, *sample: torch.Tensor) -> To
     except Exception as exc:  # noqa: BLE001  no onnxruntime, or a tower the exporter cannot trace
         log.info("%s tower stays on PyTorch: ONNX Runtime unavailable (%s)", what, exc)
         return reference
-    return faster_if_equal(reference, candidate, *sample)
+    return faster_if_equal(reference, candidate, *sample, repeats=repeats)
 
 
-def faster_if_equal(reference: Tower, candidate: Tower, *sample: torch.Tensor) -> Tower:
+def faster_if_equal(reference: Tower, candidate: Tower, *sample: torch.Tensor, repeats: int = 1) -> Tower:
     """`candidate` when its outputs on the inputs `sample` agree with `reference`'s and it runs
-    faster (best of three), else `reference`."""
+    faster (the best of `repeats` runs), else `reference`."""
     candidate(*sample)  # first-run set-up is not the steady pace
     seconds = {}
     outputs = {}
     for tower in (reference, candidate):
         times = []
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             outputs[tower.name] = tower(*sample)
             times.append(time.perf_counter() - start)
