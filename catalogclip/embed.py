@@ -215,8 +215,13 @@ class RunEncoder:
         self.dim = method.backbone.embed_dim
         self.vocabs = method.vocabs
         self._image_forwards: dict[str, MethodImages] = {}
+        self.runtime = runtime
         self.text_tower = _text_tower(method, runtime)
         self.image_tower = None if runtime == "torch" else MethodImages(method, runtime).open(_sample_pixels(method))
+
+    def on_runtime(self, runtime: str) -> "RunEncoder":
+        """This run's encoder with its query towers on `runtime` (itself if they are already)."""
+        return self if runtime == self.runtime else RunEncoder(method=self.method, model_id=self.model_id, runtime=runtime)
 
     @property
     def runtimes(self) -> dict[str, str]:

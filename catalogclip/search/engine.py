@@ -269,10 +269,8 @@ def open_engine(
     catalog_root: str | Path | None = None,
     need_model: bool = True,
     connection: "Connection | None" = None,
-    runtime: str = "torch",
 ) -> SearchEngine:
-    """An engine over an index, encoding queries with `run` (default: the run that built it), its
-    towers on `runtime` (`RunEncoder`).
+    """An engine over an index, encoding queries with `run` (default: the run that built it).
 
     With `need_model`, a run other than the index's model is refused here, at once.
     """
@@ -284,7 +282,7 @@ def open_engine(
     if not run:
         raise ValueError(f"{index_path} does not record the run it was built with; give --run")
     loaded = load_run(run, device)
-    engine = SearchEngine(index, RunEncoder(method=loaded.method, model_id=loaded.model_id, runtime=runtime))
+    engine = SearchEngine(index, RunEncoder(method=loaded.method, model_id=loaded.model_id))
     if need_model and engine.incompatible is not None:
         raise IncompatibleModelError(engine.incompatible)
     return engine

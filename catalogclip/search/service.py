@@ -181,9 +181,7 @@ def _on_runtime(encoder, runtime: str):
     """A run's encoder with its query towers on `runtime` (other encoders as they are)."""
     from catalogclip.embed import RunEncoder
 
-    if not isinstance(encoder, RunEncoder) or runtime == "torch":
-        return encoder
-    return RunEncoder(method=encoder.method, model_id=encoder.model_id, runtime=runtime)
+    return encoder.on_runtime(runtime) if isinstance(encoder, RunEncoder) else encoder
 
 
 def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> FastAPI:
