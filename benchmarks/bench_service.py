@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--mixes", nargs="+", default=["text", "mixed"])
     parser.add_argument("--after-workers", type=int, nargs="+", default=[1, 2], help="worker processes of the after side (one side each)")
     parser.add_argument("--autogroup-nice", type=int, help="run in a scheduling autogroup of its own at this nice value (see above)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     if args.autogroup_nice is not None:
         own_autogroup(args.autogroup_nice)
@@ -325,10 +326,10 @@ def main() -> None:
                                                  "autogroup": _read("/proc/self/autogroup"), "sched_autogroup_enabled": _read("/proc/sys/kernel/sched_autogroup_enabled")},
               "loadavg_start": [round(x, 2) for x in load_before], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "profile_text_query": profile, "summary": summary, "runs": runs}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"-> {RESULTS}")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":
