@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures, in one call on a lent GPU machine (the `device` tool runs it in the repo root;
-# open_clip and its two pure-Python needs travel as wheels in .whl/, the machine has the rest):
+# open_clip and its two pure-Python needs travel as wheels in .whl/, the machine has the rest;
+# fill it once with `pip download --no-deps -d .whl open_clip_torch ftfy wcwidth`, ignored by git):
 #   bench_train.py  open_clip ViT-B-32, random weights, bf16 autocast, batch 256: trainer vs bare loop
 #   bench_embed_gpu.py  image embedding: the project's path vs bare loops and the model alone
 set -uo pipefail
