@@ -18,7 +18,13 @@ coarse (same coarse class: `coarse_depth` 2), full I2T/T2I (description -> photo
 products (CLIP-ITA's protocol) on every row. Each (setting, row, seed) is written to the JSON as
 soon as it is done, and a rerun skips what is there (with the same settings).
 
+ECLIP's settings (ECLIP below) were chosen with `--select`: the candidates train and are scored on
+validation catalogs that hold no test photo and no held-out product ((a) the data set's val
+photos are the queries; (b) the training products split again, 25%, seed 0), results in
+`eclip_grocery_selection_<steps>steps.json`.
+
     python benchmarks/eclip_grocery.py --data ../shared/datasets/grocery-store [--seeds 0 1 2] [--steps 150]
+    python benchmarks/eclip_grocery.py --select --seeds 0 1      # the choice of ECLIP's settings
 """
 from __future__ import annotations
 
@@ -56,8 +62,18 @@ from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
 
 RESULTS = Path(__file__).parent / "results" / "eclip_grocery.json"
+SELECTION = Path(__file__).parent / "results" / "eclip_grocery_selection_{steps}steps.json"
 TEXT = {"text_fields": ["title", "description"]}
-ECLIP = {**TEXT, "n_queries": 8, "n_layers": 2, "decoder_dim": 128, "heads": 4, "views_per_product": 3}
+#: the ECLIP candidates (`--select`) are this with their changes: random batches, as CLIP's (a batch
+#: packed with 3 views per product holds 32 of the 81 products; a random one holds most of them and
+#: still repeats products, about 1.2 images each, which the losses need), and the token skip (each
+#: instance also gets a linear projection of the tokens its query won) with the decoder's own term
+#: starting at zero
+BASE = {**TEXT, "n_queries": 8, "n_layers": 2, "decoder_dim": 128, "heads": 4, "views_per_product": 1,
+        "token_skip": True, "zero_init_decoder": True}
+NO_SKIP = {"token_skip": False, "zero_init_decoder": False}
+#: chosen on the validation catalogs (CANDIDATES below; README): 2 instance queries
+ECLIP = {**BASE, "n_queries": 2}
 #: row name -> (method, options)
 ROWS = {
     "clip": ("clip-pooled-tokens", TEXT),
@@ -65,21 +81,37 @@ ROWS = {
     "eclip, image-text loss only": ("eclip", {**ECLIP, "weight_inter": 0.0, "weight_intra": 0.0}),
     "eclip, + inter": ("eclip", {**ECLIP, "weight_intra": 0.0}),
     "eclip (+ inter + intra)": ("eclip", ECLIP),
-    # a batch packed with 3 views per product holds 32 of the 81 products; random batches hold
-    # most of them and still repeat products (about 1.2 images each), which the losses need
-    "eclip, random batches": ("eclip", {**ECLIP, "views_per_product": 1}),
+    "eclip, no token skip": ("eclip", {**ECLIP, **NO_SKIP}),
+    "eclip, 3 views per product": ("eclip", {**ECLIP, "views_per_product": 3}),
     "clipita (ITA)": ("clipita-pooled-tokens", {"variant": "ITA"}),
     # the title names the fine class, which is the leaf: ITA can match a leaf by its text alone
     "clipita (I)": ("clipita-pooled-tokens", {"variant": "I"}),
 }
+#: the ECLIP variants compared with `clip` on the validation catalogs (`--select`)
+CANDIDATES = {
+    "eclip, before (3 views per product, no token skip)": ("eclip", {**BASE, **NO_SKIP, "views_per_product": 3}),
+    "eclip, random batches, no token skip": ("eclip", {**BASE, **NO_SKIP}),
+    "eclip, random batches, no token skip, decoder_dim 256": ("eclip", {**BASE, **NO_SKIP, "decoder_dim": 256}),
+    "eclip, random batches, token skip": ("eclip", {**BASE, "zero_init_decoder": False}),
+    "eclip, 3 views per product, token skip": ("eclip", {**BASE, "zero_init_decoder": False, "views_per_product": 3}),
+    "eclip, 2 views per product, token skip": ("eclip", {**BASE, "zero_init_decoder": False, "views_per_product": 2}),
+    "eclip, random batches, token skip, decoder_dim 256": ("eclip", {**BASE, "zero_init_decoder": False, "decoder_dim": 256}),
+    "eclip, random batches, token skip from zero": ("eclip", BASE),
+    "eclip, token skip from zero, weight_intra 2": ("eclip", {**BASE, "weight_intra": 2.0}),
+    "eclip, token skip from zero, decoder_dim 256": ("eclip", {**BASE, "decoder_dim": 256}),
+    "eclip, token skip from zero, n_queries 4": ("eclip", {**BASE, "n_queries": 4}),
+    "eclip, token skip from zero, n_queries 2 (chosen)": ("eclip", ECLIP),
+}
+ALL_ROWS = {**ROWS, **CANDIDATES}
 SETTINGS = {
     "a": {"what": "seen products, unseen photos (the data set's train/test photo lists)", "split_by": "image"},
     "b": {"what": "unseen products (25% of the products held out, split seed 0)", "split_by": "product"},
 }
 #: runs in this order, every tier over all seeds and settings before the next, so that a partial
 #: table (the budget ran out) holds the main comparison first
-TIERS = (("clip", "eclip (+ inter + intra)"), ("eclip, random batches",),
-         ("eclip, image-text loss only", "eclip, + inter"), ("eiclip (brand)", "clipita (ITA)", "clipita (I)"))
+TIERS = (("clip", "eclip (+ inter + intra)"), ("eclip, no token skip", "eclip, 3 views per product"),
+         ("eclip, image-text loss only", "eclip, + inter"), ("eiclip (brand)", "clipita (ITA)", "clipita (I)"),
+         tuple(CANDIDATES))
 PRODUCT_KEYS = ("R@1", "R@5", "R@10", "mAP@10")
 
 
@@ -108,6 +140,30 @@ def grocery_catalog(data: Path, work: Path) -> tuple[Path, Path]:
     if not path.exists():
         write_jsonl(catalog, path)
     return path, catalog.root.resolve()
+
+
+def validation_catalog(catalog: Catalog, setting: str) -> Catalog:
+    """The catalog that setting's choices are made on, so that no test photo or held-out product
+    informs them: (a) the data set's val photos become the queries (its test photos are left out);
+    (b) the test split's training products alone, split again the same way (25%, seed 0)."""
+    if setting == "a":
+        return catalog.with_products([
+            replace(p, images=[replace(im, split="test") if im.split == "val" else im for im in p.images if im.split != "test"])
+            for p in catalog])
+    return make_split(catalog, "product", 0.25, 0).train
+
+
+def setting_catalogs(catalog: Catalog, path: Path, image_root: Path, select: bool) -> dict[str, tuple[Path, Catalog]]:
+    """(JSONL path, catalog) each setting trains and is scored on: the whole data set, or with
+    `select` its validation catalogs (written beside `path`, read with the same image root)."""
+    if not select:
+        return {setting: (path, catalog) for setting in SETTINGS}
+    out = {}
+    for setting in SETTINGS:
+        val_path = path.with_name(f"{path.stem}-val-{setting}.jsonl")
+        write_jsonl(validation_catalog(catalog, setting), val_path)
+        out[setting] = (val_path, read_jsonl(val_path, image_root=image_root))
+    return out
 
 
 def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: str, seed: int, args,
@@ -140,8 +196,8 @@ def fill_token_cache(catalog: Catalog, cache: Path, backbone: str) -> dict:
             "namespace": tokens.folder.name}
 
 
-def run_folder(work: Path, setting: str, row: str, seed: int) -> Path:
-    return work / "runs" / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
+def run_folder(runs: Path, setting: str, row: str, seed: int) -> Path:
+    return runs / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
 
 
 def batches_per_epoch(split: Split, options: dict, batch_size: int) -> int:
@@ -225,8 +281,8 @@ def summarise(runs: dict) -> dict:
         return flat
 
     out = {}
-    for setting, rows in runs.items():
-        for row in sorted(rows, key=list(ROWS).index):
+    for setting, rows in sorted(runs.items()):
+        for row in sorted(rows, key=list(ALL_ROWS).index):
             flat = [leaves(r) for r in rows[row].values()]
             keys = [k for k in flat[0] if all(k in f for f in flat)]
             out.setdefault(setting, {})[row] = {
@@ -239,11 +295,11 @@ def summarise(runs: dict) -> dict:
 
 
 def verdict(summary: dict) -> dict:
-    """ECLIP (as designed, and with random batches) vs CLIP on customer -> merchant retrieval: does the
-    mean gap exceed the larger of the two rows' seed spreads?"""
+    """ECLIP (the chosen configuration, and every candidate) vs CLIP on customer -> merchant retrieval:
+    does the mean gap exceed the larger of the two rows' seed spreads?"""
     out = {}
     for setting, rows in summary.items():
-        for name in ("eclip (+ inter + intra)", "eclip, random batches"):
+        for name in ("eclip (+ inter + intra)", *CANDIDATES):
             if "clip" not in rows or name not in rows:
                 continue
             for key in ("product/fine/R@1", "product/fine/mAP@10"):
@@ -313,12 +369,17 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: WORK/featcache)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=None, choices=list(ALL_ROWS),
+                        help="default: the table's rows, with --select the candidates")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backbone", default="twotower", help="`tiny` for a quick check of the pipeline")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"default {RESULTS.name}, with --select {SELECTION.name.replace('{steps}', 'STEPS')}")
+    parser.add_argument("--select", action="store_true",
+                        help="train and score on the validation catalogs (val photos; products carved from the "
+                             "training ones) to choose settings; test photos and held-out products stay unseen")
     parser.add_argument("--diagnose", action="store_true",
                         help="then score the eclip runs' index-time variants (saliency, argmax, mean, text oracle)")
     args = parser.parse_args()
@@ -327,13 +388,16 @@ def main() -> None:
     cache = args.cache or args.work / "featcache"
     catalog_path, args.image_root = grocery_catalog(args.data, args.work)
     catalog = read_jsonl(catalog_path, image_root=args.image_root)
+    args.results = args.results or (Path(str(SELECTION).format(steps=args.steps)) if args.select else RESULTS)
+    catalogs = setting_catalogs(catalog, catalog_path, args.image_root, args.select)
+    runs = args.work / ("select" if args.select else "runs")
     settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
                 "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
-                "eclip_options": ECLIP, "text": "title. description",
+                "eclip_options": BASE if args.select else ECLIP, "text": "title. description",
                 "product protocol": "queries = customer photos of the test side; gallery = its merchant shots; coarse = "
                                     "same Top > Coarse; '+ distractors' adds the other products' customer photos "
                                     "(never relevant) to the gallery",
-                "settings": SETTINGS}
+                "settings": SETTINGS, "scored on": "validation" if args.select else "test"}
     results = read_json(args.results) if args.results.exists() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "runs": {}}
@@ -342,27 +406,29 @@ def main() -> None:
                           "load_average_start": round(os.getloadavg()[0], 1)}
     results["token_cache"] = fill_token_cache(catalog, cache, args.backbone)
     print("token cache:", results["token_cache"], flush=True)
+    args.rows = args.rows or (["clip", *CANDIDATES] if args.select else list(ROWS))
     todo = [(setting, row, seed) for tier in TIERS for seed in args.seeds for setting in args.settings
             for row in tier if row in args.rows]
     for setting, row, seed in todo:
         if str(seed) in results["runs"].get(setting, {}).get(row, {}):
             continue
-        method, options = ROWS[row]
-        run_dir = run_folder(args.work, setting, row, seed)
+        method, options = ALL_ROWS[row]
+        run_dir = run_folder(runs, setting, row, seed)
         shutil.rmtree(run_dir, ignore_errors=True)
-        split = make_split(catalog, SETTINGS[setting]["split_by"], 0.25, 0)
-        config = run_config(method, options, catalog_path, cache, setting, seed, args,
+        setting_path, setting_catalog = catalogs[setting]
+        split = make_split(setting_catalog, SETTINGS[setting]["split_by"], 0.25, 0)
+        config = run_config(method, options, setting_path, cache, setting, seed, args,
                             batches_per_epoch(split, options, args.batch_size))
         started = time.perf_counter()
         trained = train(config, run_dir, progress=False)
         out = {"steps": trained.steps, "last_loss": round(trained.last_loss, 4),
-               "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, catalog, cache)}
+               "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, setting_catalog, cache)}
         print_row(setting, row, seed, out)
         record(args.results, results, setting, row, seed, out)
     if args.diagnose:
         for setting, row, seed in todo:
-            if ROWS[row][0] == "eclip" and str(seed) in results["runs"].get(setting, {}).get(row, {}):
-                variants = index_time_variants(run_folder(args.work, setting, row, seed), catalog, cache)
+            if ALL_ROWS[row][0] == "eclip" and str(seed) in results["runs"].get(setting, {}).get(row, {}):
+                variants = index_time_variants(run_folder(runs, setting, row, seed), catalogs[setting][1], cache)
                 print(f"[{setting}] {row} seed {seed} index-time variants:", json.dumps(variants), flush=True)
                 update_results(args.results, results, lambda current: current.setdefault("index_time_variants", {})
                                .setdefault(setting, {}).setdefault(row, {}).__setitem__(str(seed), variants))

@@ -123,6 +123,33 @@ def test_an_image_without_text_is_its_saliency_weighted_or_most_salient_instance
     assert torch.allclose(hard, inst.embeddings[torch.arange(2), inst.saliency.argmax(dim=-1)])
 
 
+def test_token_skip_adds_a_projection_of_the_tokens_each_query_won():
+    method = _tiny_eclip(token_skip=True, n_queries=1).eval()
+    batch = Batch(product_keys=torch.tensor([0, 1]), texts=["", ""], images=torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        tokens = method.backbone.image_tokens(batch.images)
+        outputs, _ = method.decoder(tokens)
+        # one query wins every token: its skip is the linear head on the mean token (the pooled feature)
+        expected = method.instance_proj(outputs[:, 0]) + method.token_proj(tokens.mean(dim=1))
+        inst = method.instances(batch)
+    assert torch.allclose(inst.embeddings[:, 0], F.normalize(expected, dim=-1), atol=1e-5)
+    assert _tiny_eclip().token_proj is None  # off by default: ECLIP as the paper has it
+
+
+def test_a_decoder_starting_at_zero_leaves_each_instance_its_tokens_projection():
+    method = _tiny_eclip(token_skip=True, zero_init_decoder=True).eval()
+    batch = Batch(product_keys=torch.tensor([0, 1]), texts=["", ""], images=torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        tokens = method.backbone.image_tokens(batch.images)
+        _, assignment = method.decoder(tokens)
+        weights = assignment / assignment.sum(dim=-1, keepdim=True)
+        inst = method.instances(batch)
+    assert torch.allclose(inst.embeddings, F.normalize(method.token_proj(weights @ tokens), dim=-1), atol=1e-5)
+    method.train()
+    method.loss(Batch(product_keys=torch.tensor([0, 0, 1]), texts=["a b", "a b", "c d"], images=torch.randn(3, 3, 64, 64)))["loss"].backward()
+    assert method.instance_proj.weight.grad.abs().sum() > 0  # the decoder's term does not stay at zero
+
+
 def test_inter_product_loss_is_zero_without_a_second_view():
     method = _tiny_eclip()
     batch = Batch(product_keys=torch.tensor([0, 1, 2]), texts=["a", "b", "c"], images=torch.randn(3, 3, 64, 64))
@@ -203,6 +230,8 @@ def test_bad_settings_are_refused():
         build_method("eclip", BackboneConfig(spec="tiny"), {"salient_query": "max"})
     with pytest.raises(ValueError, match="unknown setting"):
         build_method("eclip", BackboneConfig(spec="tiny"), {"n_querys": 4})
+    with pytest.raises(ValueError, match="zero_init_decoder needs token_skip"):
+        build_method("eclip", BackboneConfig(spec="tiny"), {"zero_init_decoder": True})
 
 
 # --- learning ------------------------------------------------------------------------------------

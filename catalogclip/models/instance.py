@@ -46,6 +46,13 @@ class EClipConfig(MethodConfig):
     #: an image without text: "soft" = the saliency-softmax-weighted instance embeddings (what the
     #: intra-product loss trains), "argmax" = the instance of the single most salient query
     salient_query: str = "soft"
+    #: add to each instance embedding a linear projection of the backbone tokens that its query
+    #: won in the last slot-attention layer: a path from the frozen tower's features to the
+    #: instance that is not squeezed through the decoder's `decoder_dim` and trained from scratch
+    token_skip: bool = False
+    #: with `token_skip`: the decoder's term of the instance embedding starts at zero, so that an
+    #: instance starts as the projection of its query's tokens and the decoder learns what to add
+    zero_init_decoder: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_queries", "n_layers", "decoder_dim", "heads", "ffn_mult", "views_per_product"):
@@ -55,6 +62,8 @@ class EClipConfig(MethodConfig):
             raise ValueError(f"eclip: decoder_dim ({self.decoder_dim}) must be divisible by heads ({self.heads})")
         if self.select_temperature <= 0:
             raise ValueError(f"eclip: select_temperature must be positive, got {self.select_temperature}")
+        if self.zero_init_decoder and not self.token_skip:
+            raise ValueError("eclip: zero_init_decoder needs token_skip (the instance embeddings would all start at zero)")
         if self.salient_query not in SALIENT_RULES:
             raise ValueError(f"eclip: salient_query must be one of {', '.join(SALIENT_RULES)}, got '{self.salient_query}'")
         for name in ("weight_itc", "weight_inter", "weight_intra", "weight_saliency"):
@@ -63,6 +72,13 @@ class EClipConfig(MethodConfig):
 
 
 # --- the decoder ---------------------------------------------------------------------------------
+
+
+def token_weights(assignment: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(B, N, T) share of each token that each query won -> weights over the tokens summing to 1 per
+    query; a query that wins no token still takes a (uniform) mean."""
+    weights = assignment + eps
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 class SlotAttention(nn.Module):
@@ -85,9 +101,7 @@ class SlotAttention(nn.Module):
         """queries (B, N, D), tokens (B, T, D) -> (updates (B, N, D), assignment (B, N, T))."""
         logits = self.to_q(queries) @ self.to_k(tokens).transpose(1, 2) / math.sqrt(queries.shape[-1])
         assignment = logits.softmax(dim=1)
-        weights = assignment + self.eps  # a query that wins no token still takes a (uniform) mean
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        return self.out(weights @ self.to_v(tokens)), assignment
+        return self.out(token_weights(assignment, self.eps) @ self.to_v(tokens)), assignment
 
 
 class DecoderLayer(nn.Module):
@@ -220,6 +234,10 @@ class EClipMethod(Method):
         dim = config.decoder_dim
         self.decoder = InstanceDecoder(backbone.token_dim, h * w, dim, config.n_queries, config.n_layers, config.heads, config.ffn_mult)
         self.instance_proj = nn.Linear(dim, backbone.embed_dim)
+        self.token_proj = nn.Linear(backbone.token_dim, backbone.embed_dim) if config.token_skip else None
+        if config.zero_init_decoder:
+            nn.init.zeros_(self.instance_proj.weight)
+            nn.init.zeros_(self.instance_proj.bias)
         self.saliency = nn.Linear(dim, 1)
 
     # --- image side -----------------------------------------------------------------------------
@@ -231,9 +249,12 @@ class EClipMethod(Method):
         return self.backbone.image_tokens(batch.images)
 
     def instances(self, batch: Batch) -> Instances:
-        outputs, assignment = self.decoder(self.image_tokens(batch))
-        embeddings = F.normalize(self.instance_proj(outputs), dim=-1)
-        return Instances(embeddings, self.saliency(outputs).squeeze(-1), assignment)
+        tokens = self.image_tokens(batch)
+        outputs, assignment = self.decoder(tokens)
+        embeddings = self.instance_proj(outputs)
+        if self.token_proj is not None:
+            embeddings = embeddings + self.token_proj(token_weights(assignment) @ tokens)
+        return Instances(F.normalize(embeddings, dim=-1), self.saliency(outputs).squeeze(-1), assignment)
 
     def embed_images(self, batch: Batch) -> torch.Tensor:
         """Without text: the saliency-weighted instance embedding, or the most salient query's (`salient_query`)."""
