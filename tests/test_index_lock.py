@@ -77,6 +77,18 @@ def test_two_concurrent_updaters_one_fails_at_once_one_waits_and_nothing_is_lost
     assert "b2" in [h.product.id for h in hits]
 
 
+def test_a_reader_opening_as_a_writer_commits_sees_the_vectors_it_loaded(tmp_path, shop):
+    """`open` loads the vector file, then reads the vector ids from the metadata: a commit in
+    between lists ids past the loaded file (it raised IndexError under load)."""
+    reader = ProductIndex.open(tmp_path / "idx")
+    loaded = reader.vectors.ntotal
+    before = reader.store.vector_rows(loaded)
+    grown = _write(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
+    update_index(PaletteEncoder(), grown, ProductIndex.open(tmp_path / "idx"), QUIET)
+    assert ProductIndex.open(tmp_path / "idx").vectors.ntotal > loaded
+    np.testing.assert_array_equal(reader.store.vector_rows(loaded), before)  # the committed metadata, cut to the loaded vectors
+
+
 def test_leftovers_of_killed_writers_are_removed_by_the_next_one(tmp_path, shop):
     idx = tmp_path / "idx"
     generation = ProductIndex.open(idx).info["generation"]

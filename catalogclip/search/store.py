@@ -132,9 +132,12 @@ class MetadataStore:
         return self._rows("SELECT COUNT(*) FROM products")[0][0]
 
     def vector_rows(self, n_vectors: int) -> np.ndarray:
-        """Product row of every vector id, -1 for vectors no product owns (deleted)."""
+        """Product row of each of the first `n_vectors` vector ids, -1 for vectors no product owns
+        (deleted). Ids past them are left out: a reader that loaded its vectors just before another
+        writer committed more sees the index as it was, not an out-of-range id."""
         out = np.full(n_vectors, -1, dtype=np.int64)
         pairs = np.asarray(self._rows("SELECT vid, row FROM vectors"), dtype=np.int64).reshape(-1, 2)
+        pairs = pairs[pairs[:, 0] < n_vectors]
         out[pairs[:, 0]] = pairs[:, 1]
         return out
 
