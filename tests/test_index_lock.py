@@ -15,6 +15,7 @@ from catalogclip.catalog.schema import read_jsonl
 from catalogclip.search.build import BuildOptions, build_index, update_index, work_folder
 from catalogclip.search.engine import SearchEngine
 from catalogclip.search.index import ProductIndex
+from catalogclip.search.lexical import LexicalIndex
 from catalogclip.search.lock import IndexLockedError, lock_file
 
 QUIET = BuildOptions(progress=False)
@@ -87,6 +88,29 @@ def test_a_reader_opening_as_a_writer_commits_sees_the_vectors_it_loaded(tmp_pat
     update_index(PaletteEncoder(), grown, ProductIndex.open(tmp_path / "idx"), QUIET)
     assert ProductIndex.open(tmp_path / "idx").vectors.ntotal > loaded
     np.testing.assert_array_equal(reader.store.vector_rows(loaded), before)  # the committed metadata, cut to the loaded vectors
+
+
+def test_opening_while_a_writer_commits_opens_the_new_generation_whole(tmp_path, shop, monkeypatch):
+    """A commit between loading a generation's files and reading its metadata (which removes the
+    loaded generation) must not leave a reader with one generation's vectors and another's products."""
+    idx = tmp_path / "idx"
+    generation = ProductIndex.open(idx).info["generation"]
+    grown = _write(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
+    load = LexicalIndex.load.__func__
+    commits = []
+
+    def load_then_commit(cls, path):
+        loaded = load(cls, path)
+        if not commits:  # the first load only: the writer's own opens load normally
+            commits.append("writing")
+            commits[0] = update_index(PaletteEncoder(), grown, ProductIndex.open(idx), QUIET)
+        return loaded
+
+    monkeypatch.setattr(LexicalIndex, "load", classmethod(load_then_commit))
+    index = ProductIndex.open(idx)
+    assert str(commits[0]).startswith("1 added") and index.info["generation"] == generation + 1
+    assert index.vectors.ntotal == index.info["vectors"] == sum(len(p.images) for p in grown)
+    assert "a1" in [h.product.id for h in index.search_lexical("nike", 20)]
 
 
 def test_leftovers_of_killed_writers_are_removed_by_the_next_one(tmp_path, shop):

@@ -63,6 +63,10 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+#: tries to open an index whose writers keep committing while it is read
+OPEN_ATTEMPTS = 5
+
+
 class ProductIndex:
     def __init__(
         self, path: Path, store: MetadataStore, vectors: VectorStore, catalog_root: Path | None = None, lexical: LexicalIndex | None = None
@@ -96,9 +100,23 @@ class ProductIndex:
         if connection.backend not in (None, name):
             store.close()
             raise ValueError(f"{path} keeps its vectors in {name}, not {connection.backend}")
-        vectors = backend(name).open(path, info, connection)
-        lexical = LexicalIndex.load(path / lexical_folder(info["generation"]))
-        return cls(path, store, vectors, Path(catalog_root) if catalog_root else None, lexical)
+        root = Path(catalog_root) if catalog_root else None
+        for _ in range(OPEN_ATTEMPTS):
+            info = store.info()
+            try:
+                vectors = backend(name).open(path, info, connection)
+                lexical = LexicalIndex.load(path / lexical_folder(info["generation"]))
+            except FileNotFoundError:
+                if store.info()["generation"] == info["generation"]:
+                    store.close()
+                    raise
+                continue  # a writer committed and removed this generation's files: open the new one
+            index = cls(path, store, vectors, root, lexical)
+            # the same generation before the files were loaded and after the metadata was read: no commit in between
+            if index.info["generation"] == info["generation"] == store.info()["generation"]:
+                return index
+        store.close()
+        raise RuntimeError(f"{path}: writers committed {OPEN_ATTEMPTS} times while the index was being opened; open it again")
 
     @classmethod
     def build(
