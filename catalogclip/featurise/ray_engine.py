@@ -14,13 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from catalogclip.featurise.engines import NO_ROWS, ImageJob, Shard, ShardAssembler, Sink, decode_batch, shard_batches
+from catalogclip.featurise.engines import NO_ROWS, ImageJob, Shard, ShardAssembler, Sink, decode_collated, shard_batches
 
 
 def _decode(row: dict[str, Any], decoder: ImageJob) -> dict[str, Any]:
     """A Ray task: decode and preprocess one batch's images."""
-    inputs, errors = decode_batch(decoder, row["paths"])
-    collated = decoder.collate(inputs) if inputs else None
+    collated, errors = decode_collated(decoder, row["paths"])
     if isinstance(collated, torch.Tensor):
         collated = collated.numpy()
     return {"shard": row["shard"], "batch": row["batch"], "inputs": collated, "errors": errors}

@@ -146,9 +146,12 @@ class LexicalIndex:
         """The query's terms, plus each pair of adjacent words that the catalog writes as one word
         ("sweat shirt" -> also "sweatshirt")."""
         terms = analyse(text)
+        return terms + [a + b for a, b in self._joined_pairs(text) if a + b not in terms]
+
+    def _joined_pairs(self, text: str) -> list[tuple[str, str]]:
+        """Adjacent words of the query that the catalog writes as one word."""
         words = shop_text.key(text)
-        vocab = self.retriever.vocab_dict
-        return terms + [a + b for a, b in zip(words, words[1:]) if a + b in vocab and a + b not in terms]
+        return [(a, b) for a, b in zip(words, words[1:]) if a + b in self.retriever.vocab_dict]
 
     def coverage(self, text: str) -> float:
         """The share of the query's terms the catalog's text has (1.0 for a query without terms); a
@@ -158,8 +161,7 @@ class LexicalIndex:
         terms = [t for t in analyse(text) if t in vocab or t not in _shopping_terms()]
         if not terms:
             return 1.0
-        words = shop_text.key(text)
-        joined = {w for a, b in zip(words, words[1:]) if a + b in vocab for w in (a, b)}
+        joined = {word for pair in self._joined_pairs(text) for word in pair}
         return sum(term in vocab or term in joined for term in terms) / len(terms)
 
     def scores(self, text: str) -> np.ndarray:
