@@ -153,12 +153,16 @@ def _unchanged(item):
     return item
 
 
+def spare_cores() -> int:
+    """Decoding processes a machine can run beside the process driving the model (one per other core, up to 16)."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
 def default_decode_processes() -> int:
     """Decoder processes where there are cores to spare (a GPU machine: measured on an H100 with 16
     cores, decoder threads fed ViT-B-32 540 images/s and 15 processes 1,750), else none: on a few
     cores the model needs them, and threads (which PIL and ONNX Runtime let run) suffice."""
-    cores = os.cpu_count() or 2
-    return 0 if cores <= 4 else min(16, cores - 1)
+    return 0 if (os.cpu_count() or 2) <= 4 else spare_cores()
 
 
 @EMBEDDING_ENGINES.register("local")

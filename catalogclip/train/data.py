@@ -7,7 +7,6 @@ skipped and counted with the catalog's file and line before training starts, nev
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ from PIL import Image
 from catalogclip.catalog.images import image_problem
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageFile, category_nodes
+from catalogclip.featurise.engines import spare_cores
 from catalogclip.models.batch import Batch
 from catalogclip.models.methods import Method
 
@@ -252,7 +252,7 @@ def loader_workers(requested: int | None, data: PairData, device: torch.device) 
         return requested
     if device.type == "cpu" or data.image_inputs is not None:
         return 0
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+    return spare_cores()
 
 
 def iterate_batches(
