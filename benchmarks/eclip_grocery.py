@@ -7,8 +7,9 @@
 - (a) seen products, unseen photos: `split_by: image` (the data set's train.txt photos train,
   its test.txt photos are the queries); gallery = the 81 merchant shots, and again with the other
   products' test photos added to the gallery as distractors;
-- (b) unseen products: a seeded 25% product split; queries = every photo of the held-out
-  products, gallery = their merchant shots.
+- (b) unseen products: a seeded 25% product split, once per split seed (`--product-splits`, 5 by
+  default: 20 held-out products move the figures a lot); queries = every photo of the held-out
+  products, gallery = their merchant shots. "b, split S" is one split; "b, all splits" their mean.
 
 Every row gets the same backbone (`twotower`, both towers frozen, 224 px: a 7x7 x 1280 token grid
 per image, read from one token cache), steps, batch size and images. `clip`, `eiclip` and
@@ -20,11 +21,13 @@ soon as it is done, and a rerun skips what is there (with the same settings).
 
 ECLIP's settings (ECLIP below) were chosen with `--select`: the candidates train and are scored on
 validation catalogs that hold no test photo and no held-out product ((a) the data set's val
-photos are the queries; (b) the training products split again, 25%, seed 0), results in
+photos are the queries; (b) each split's training products split again, 25%, same seed), results in
 `eclip_grocery_selection_<steps>steps.json`.
 
     python benchmarks/eclip_grocery.py --data ../shared/datasets/grocery-store [--seeds 0 1 2] [--steps 150]
     python benchmarks/eclip_grocery.py --select --seeds 0 1      # the choice of ECLIP's settings
+    python benchmarks/eclip_grocery.py --settings b --train-products 30 --rows clip "eclip (+ inter + intra)"
+                                      # (b) with fewer training products: does ECLIP's gap grow with them?
 """
 from __future__ import annotations
 
@@ -34,10 +37,13 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +61,7 @@ from catalogclip.models.batch import Batch
 from catalogclip.models.category import CLIPITAMethod
 from catalogclip.models.methods import METHODS, CLIPMethod, EIClipMethod
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
-from catalogclip.models.instance import saliency_weighted, text_selection
+from catalogclip.models.instance import saliency_weighted, text_selection, token_weights
 from catalogclip.train.data import image_cache, load_rgb
 from catalogclip.train.featcache import FeatureCache
 from catalogclip.train.runs import load_run
@@ -63,6 +69,7 @@ from catalogclip.train.trainer import train
 
 RESULTS = Path(__file__).parent / "results" / "eclip_grocery.json"
 SELECTION = Path(__file__).parent / "results" / "eclip_grocery_selection_{steps}steps.json"
+TRAIN_PRODUCTS = Path(__file__).parent / "results" / "eclip_grocery_{n}_training_products.json"
 TEXT = {"text_fields": ["title", "description"]}
 #: the ECLIP candidates (`--select`) are this with their changes: random batches, as CLIP's (a batch
 #: packed with 3 views per product holds 32 of the 81 products; a random one holds most of them and
@@ -72,8 +79,11 @@ TEXT = {"text_fields": ["title", "description"]}
 BASE = {**TEXT, "n_queries": 8, "n_layers": 2, "decoder_dim": 128, "heads": 4, "views_per_product": 1,
         "token_skip": True, "zero_init_decoder": True}
 NO_SKIP = {"token_skip": False, "zero_init_decoder": False}
-#: chosen on the validation catalogs (CANDIDATES below; README): 2 instance queries
-ECLIP = {**BASE, "n_queries": 2}
+#: 2 instance queries, and a text that weighs them softly (temperature 1: training contrasts nearly
+#: the mix of instances that the index stores, instead of the one instance a sharp softmax picks)
+SOFT = {**BASE, "n_queries": 2, "select_temperature": 1.0}
+#: chosen on the validation catalogs (CANDIDATES below; README): that, with one decoder layer
+ECLIP = {**SOFT, "n_layers": 1}
 #: row name -> (method, options)
 ROWS = {
     "clip": ("clip-pooled-tokens", TEXT),
@@ -100,13 +110,20 @@ CANDIDATES = {
     "eclip, token skip from zero, weight_intra 2": ("eclip", {**BASE, "weight_intra": 2.0}),
     "eclip, token skip from zero, decoder_dim 256": ("eclip", {**BASE, "decoder_dim": 256}),
     "eclip, token skip from zero, n_queries 4": ("eclip", {**BASE, "n_queries": 4}),
-    "eclip, token skip from zero, n_queries 2 (chosen)": ("eclip", ECLIP),
+    "eclip, token skip from zero, n_queries 2": ("eclip", {**BASE, "n_queries": 2}),
+    "eclip, n_queries 2, inter and intra weights 0.5": ("eclip", {**BASE, "n_queries": 2, "weight_inter": 0.5, "weight_intra": 0.5}),
+    "eclip, n_queries 2, select_temperature 1": ("eclip", SOFT),
+    "eclip, n_queries 2, select_temperature 0.3": ("eclip", {**SOFT, "select_temperature": 0.3}),
+    "eclip, select_temperature 1, n_queries 4": ("eclip", {**SOFT, "n_queries": 4}),
+    "eclip, select_temperature 1, weight_inter 2": ("eclip", {**SOFT, "weight_inter": 2.0}),
+    "eclip, select_temperature 1, n_layers 1 (chosen)": ("eclip", ECLIP),
 }
 ALL_ROWS = {**ROWS, **CANDIDATES}
 SETTINGS = {
     "a": {"what": "seen products, unseen photos (the data set's train/test photo lists)", "split_by": "image"},
-    "b": {"what": "unseen products (25% of the products held out, split seed 0)", "split_by": "product"},
+    "b": {"what": "unseen products (25% of the products held out)", "split_by": "product"},
 }
+POOLED = "b, all splits"
 #: runs in this order, every tier over all seeds and settings before the next, so that a partial
 #: table (the budget ran out) holds the main comparison first
 TIERS = (("clip", "eclip (+ inter + intra)"), ("eclip, no token skip", "eclip, 3 views per product"),
@@ -142,38 +159,79 @@ def grocery_catalog(data: Path, work: Path) -> tuple[Path, Path]:
     return path, catalog.root.resolve()
 
 
-def validation_catalog(catalog: Catalog, setting: str) -> Catalog:
-    """The catalog that setting's choices are made on, so that no test photo or held-out product
-    informs them: (a) the data set's val photos become the queries (its test photos are left out);
-    (b) the test split's training products alone, split again the same way (25%, seed 0)."""
+def setting_keys(settings: list[str], product_splits: list[int]) -> list[str]:
+    """What results are kept under: "a", and "b, split S" for every product split seed S."""
+    return [key for setting in settings for key in
+            ([setting] if SETTINGS[setting]["split_by"] == "image" else [f"{setting}, split {s}" for s in product_splits])]
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    """"b, split 3" -> ("b", 3); "a" -> ("a", 0)."""
+    setting, _, split = key.partition(", split ")
+    return setting, int(split or 0)
+
+
+def validation_catalog(catalog: Catalog, key: str) -> Catalog:
+    """The catalog that a setting's choices are made on, so that no test photo or held-out product
+    of it informs them: (a) the data set's val photos become the queries (its test photos are left
+    out); (b) the split's training products alone, split again the same way (25%, same seed)."""
+    setting, split = parse_key(key)
     if setting == "a":
         return catalog.with_products([
             replace(p, images=[replace(im, split="test") if im.split == "val" else im for im in p.images if im.split != "test"])
             for p in catalog])
-    return make_split(catalog, "product", 0.25, 0).train
+    return make_split(catalog, "product", 0.25, split).train
 
 
-def setting_catalogs(catalog: Catalog, path: Path, image_root: Path, select: bool) -> dict[str, tuple[Path, Catalog]]:
-    """(JSONL path, catalog) each setting trains and is scored on: the whole data set, or with
-    `select` its validation catalogs (written beside `path`, read with the same image root)."""
-    if not select:
-        return {setting: (path, catalog) for setting in SETTINGS}
+def fewer_training_products(catalog: Catalog, key: str, n: int) -> Catalog:
+    """(b) with only `n` of a split's training products (a seeded choice) and the same held-out
+    products, fixed by image tags (every image of a training product "train", of a held-out one
+    "test"), so that the held-out side does not move with `n`."""
+    setting, split_seed = parse_key(key)
+    if setting != "b":
+        raise ValueError("--train-products applies to setting (b) only")
+    split = make_split(catalog, "product", 0.25, split_seed)
+    train = sorted(p.id for p in split.train)
+    if not 1 <= n <= len(train):
+        raise ValueError(f"--train-products must be between 1 and {len(train)}, got {n}")
+    kept = set(random.Random(split_seed).sample(train, n))
+    held_out = {p.id for p in split.test}
+    return catalog.with_products([
+        replace(p, images=[replace(im, split="train" if p.id in kept else "test") for im in p.images])
+        for p in catalog if p.id in kept | held_out])
+
+
+def setting_catalogs(catalog: Catalog, path: Path, image_root: Path, keys: list[str], variant: str,
+                     derive: Callable[[Catalog, str], Catalog] | None) -> dict[str, tuple[Path, Catalog]]:
+    """(JSONL path, catalog) each setting trains and is scored on: the whole data set, or what
+    `derive` makes of it for the setting (written beside `path` with `variant` in the name, read
+    with the same image root)."""
+    if derive is None:
+        return {key: (path, catalog) for key in keys}
     out = {}
-    for setting in SETTINGS:
-        val_path = path.with_name(f"{path.stem}-val-{setting}.jsonl")
-        write_jsonl(validation_catalog(catalog, setting), val_path)
-        out[setting] = (val_path, read_jsonl(val_path, image_root=image_root))
+    for key in keys:
+        derived = path.with_name(f"{path.stem}-{variant}-{key.replace(', split ', '')}.jsonl")
+        write_jsonl(derive(catalog, key), derived)
+        out[key] = (derived, read_jsonl(derived, image_root=image_root))
     return out
 
 
-def run_config(method: str, options: dict, catalog: Path, cache: Path, setting: str, seed: int, args,
+def split_of(key: str, args) -> tuple[str, int]:
+    """(split kind, split seed) a setting's runs use: with --train-products the image tags that
+    `fewer_training_products` wrote."""
+    setting, split_seed = parse_key(key)
+    return ("image" if args.train_products else SETTINGS[setting]["split_by"]), split_seed
+
+
+def run_config(method: str, options: dict, catalog: Path, cache: Path, key: str, seed: int, args,
                batches_per_epoch: int) -> RunConfig:
+    split_by, split_seed = split_of(key, args)
     return RunConfig(
         method=method,
         method_options=options,
         backbone=BackboneConfig(spec=args.backbone, embed_dim=256),
-        data=DataConfig(catalog=str(catalog), image_root=str(args.image_root), split_by=SETTINGS[setting]["split_by"],
-                        test_fraction=0.25, split_seed=0,
+        data=DataConfig(catalog=str(catalog), image_root=str(args.image_root), split_by=split_by,
+                        test_fraction=0.25, split_seed=split_seed,
                         feature_cache=str(cache)),
         # enough epochs that the cosine schedule ends at `steps`
         optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size,
@@ -196,8 +254,8 @@ def fill_token_cache(catalog: Catalog, cache: Path, backbone: str) -> dict:
             "namespace": tokens.folder.name}
 
 
-def run_folder(runs: Path, setting: str, row: str, seed: int) -> Path:
-    return runs / setting / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
+def run_folder(runs: Path, key: str, row: str, seed: int) -> Path:
+    return runs / key.replace(", split ", "-split") / f"{row.replace(' ', '_').replace(',', '').replace('+', 'p')}-s{seed}"
 
 
 def batches_per_epoch(split: Split, options: dict, batch_size: int) -> int:
@@ -239,8 +297,9 @@ def evaluate_run(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
 def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     """Product retrieval (fine, setting's gallery) of one eclip run with other text-free image embeddings:
     the saliency-weighted instances (what ECLIP indexes), the most salient query, the plain mean of
-    the instances, and an oracle that lets each image's own product text select its instance
-    (uses the answer: an upper bound on what better saliency could give)."""
+    the instances, an oracle that lets each image's own product text select its instance
+    (uses the answer: an upper bound on what better saliency could give), and the instances
+    without the decoder's term (the token skip alone: how much the decoder adds)."""
     run = load_run(run_dir)
     method = run.method.eval()
     test = Split.load(run_dir / "split.json", catalog).test
@@ -250,7 +309,7 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     text_of = {pid: i for i, pid in enumerate(embeddings.text_product)}
     own = torch.tensor([text_of[pid] for pid in embeddings.image_product])
     variants: dict[str, list[torch.Tensor]] = {"saliency-weighted": [], "most salient query": [], "mean of instances": [],
-                                               "oracle: own text selects": []}
+                                               "oracle: own text selects": [], "token skip alone (no decoder term)": []}
     for start in range(0, len(tokens), 256):
         chunk = tokens[start : start + 256].float()
         inst = method.instances(Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), image_tokens=chunk))
@@ -260,6 +319,8 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
         variants["mean of instances"].append(F.normalize(inst.embeddings.mean(dim=1), dim=-1))
         weights, _ = text_selection(inst.embeddings, texts[own[start : start + 256]], method.config.select_temperature)
         variants["oracle: own text selects"].append(F.normalize(torch.einsum("bn,bne->be", weights[rows, rows], inst.embeddings), dim=-1))
+        skip = F.normalize(method.token_proj(token_weights(inst.assignment) @ chunk), dim=-1)
+        variants["token skip alone (no decoder term)"].append(saliency_weighted(skip, inst.saliency))
     out = {}
     for name, parts in variants.items():
         emb = replace(embeddings, image=torch.cat(parts).numpy())
@@ -281,7 +342,7 @@ def summarise(runs: dict) -> dict:
         return flat
 
     out = {}
-    for setting, rows in sorted(runs.items()):
+    for setting, rows in sorted(runs.items(), key=lambda item: parse_key(item[0])):
         for row in sorted(rows, key=list(ALL_ROWS).index):
             flat = [leaves(r) for r in rows[row].values()]
             keys = [k for k in flat[0] if all(k in f for f in flat)]
@@ -291,6 +352,27 @@ def summarise(runs: dict) -> dict:
                        "std": round(float(np.std([f[k] for f in flat], ddof=1)), 4) if len(flat) > 1 else None}
                    for k in keys},
             }
+    splits = [key for key in out if parse_key(key)[0] == "b" and key != POOLED]
+    if len(splits) > 1:
+        out[POOLED] = pooled_over_splits([out[key] for key in splits], splits)
+    return out
+
+
+def pooled_over_splits(splits: list[dict], names: list[str]) -> dict:
+    """(b) over the product splits, per row that has the same seeds in every split: the mean of the
+    splits' means, and as "std" the seeds' spread within a split (root mean square of the splits'
+    stds), so that a gap between rows is weighed against training noise, not against how easy
+    each split's products are."""
+    out = {}
+    for row, first in splits[0].items():
+        if not all(row in split and split[row]["seeds"] == first["seeds"] for split in splits):
+            continue
+        keys = [k for k in first if k != "seeds" and all(k in split[row] for split in splits)]
+        out[row] = {"seeds": first["seeds"], "splits": names, **{
+            k: {"mean": round(float(np.mean([split[row][k]["mean"] for split in splits])), 4),
+                "std": None if first[k]["std"] is None else
+                round(float(np.sqrt(np.mean([split[row][k]["std"] ** 2 for split in splits]))), 4)}
+            for k in keys}}
     return out
 
 
@@ -309,6 +391,9 @@ def verdict(summary: dict) -> dict:
                 out[f"{setting}: {name} vs clip: {key}"] = {
                     "clip": clip["mean"], "eclip": eclip["mean"], "gap": round(gap, 4), "largest std": spread,
                     "seeds": len(rows[name]["seeds"]), "eclip wins by more than the spread": gap > spread}
+                if setting == POOLED:
+                    gaps = [summary[split][name][key]["mean"] - summary[split]["clip"][key]["mean"] for split in rows[name]["splits"]]
+                    out[f"{setting}: {name} vs clip: {key}"]["eclip ahead on splits"] = f"{sum(g > 0 for g in gaps)} of {len(gaps)}"
     return out
 
 
@@ -320,7 +405,9 @@ TABLE = (("fine R@1", "product/fine/R@1"), ("fine mAP@10", "product/fine/mAP@10"
 def print_table(summary: dict) -> None:
     """Markdown: mean ± std (in %) over the seeds of every (setting, row)."""
     for setting, rows in summary.items():
-        print(f"\nsetting ({setting}): {SETTINGS[setting]['what']}\n")
+        what = ("mean over the product splits; ± = the seeds' spread within a split (root mean square)" if setting == POOLED
+                else SETTINGS[parse_key(setting)[0]]["what"])
+        print(f"\nsetting ({setting}): {what}\n")
         print("| row | seeds | " + " | ".join(name for name, _ in TABLE) + " |")
         print("|---" * (len(TABLE) + 2) + "|")
         for row, values in rows.items():
@@ -369,6 +456,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: WORK/featcache)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--product-splits", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="split seeds of setting (b): each holds out another 25%% of the products")
+    parser.add_argument("--train-products", type=int, default=None,
+                        help="(b) with only this many of each split's training products, the held-out ones unchanged "
+                             f"(results: {TRAIN_PRODUCTS.name.replace('{n}', 'N')})")
     parser.add_argument("--rows", nargs="+", default=None, choices=list(ALL_ROWS),
                         help="default: the table's rows, with --select the candidates")
     parser.add_argument("--steps", type=int, default=150)
@@ -388,50 +480,59 @@ def main() -> None:
     cache = args.cache or args.work / "featcache"
     catalog_path, args.image_root = grocery_catalog(args.data, args.work)
     catalog = read_jsonl(catalog_path, image_root=args.image_root)
-    args.results = args.results or (Path(str(SELECTION).format(steps=args.steps)) if args.select else RESULTS)
-    catalogs = setting_catalogs(catalog, catalog_path, args.image_root, args.select)
-    runs = args.work / ("select" if args.select else "runs")
+    if args.select and args.train_products:
+        parser.error("--select and --train-products do not combine")
+    args.results = args.results or (Path(str(SELECTION).format(steps=args.steps)) if args.select else
+                                    Path(str(TRAIN_PRODUCTS).format(n=args.train_products)) if args.train_products else RESULTS)
+    keys = setting_keys(args.settings, args.product_splits)
+    variant, derive = (("val", validation_catalog) if args.select else
+                       (f"{args.train_products}products", partial(fewer_training_products, n=args.train_products))
+                       if args.train_products else ("runs", None))
+    catalogs = setting_catalogs(catalog, catalog_path, args.image_root, keys, variant, derive)
+    runs = args.work / ("select" if args.select else variant)
     settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
                 "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
                 "eclip_options": BASE if args.select else ECLIP, "text": "title. description",
                 "product protocol": "queries = customer photos of the test side; gallery = its merchant shots; coarse = "
                                     "same Top > Coarse; '+ distractors' adds the other products' customer photos "
                                     "(never relevant) to the gallery",
-                "settings": SETTINGS, "scored on": "validation" if args.select else "test"}
+                "settings": SETTINGS, "scored on": "validation" if args.select else "test",
+                **({"training products per split": args.train_products} if args.train_products else {})}
     results = read_json(args.results) if args.results.exists() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "runs": {}}
     results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                          "note": "a shared 2-core machine (other engineers' jobs running)",
+                          "note": "a shared 2-core machine",
                           "load_average_start": round(os.getloadavg()[0], 1)}
     results["token_cache"] = fill_token_cache(catalog, cache, args.backbone)
     print("token cache:", results["token_cache"], flush=True)
     args.rows = args.rows or (["clip", *CANDIDATES] if args.select else list(ROWS))
-    todo = [(setting, row, seed) for tier in TIERS for seed in args.seeds for setting in args.settings
+    todo = [(key, row, seed) for tier in TIERS for seed in args.seeds for key in keys
             for row in tier if row in args.rows]
-    for setting, row, seed in todo:
-        if str(seed) in results["runs"].get(setting, {}).get(row, {}):
+    for key, row, seed in todo:
+        if str(seed) in results["runs"].get(key, {}).get(row, {}):
             continue
         method, options = ALL_ROWS[row]
-        run_dir = run_folder(runs, setting, row, seed)
+        run_dir = run_folder(runs, key, row, seed)
         shutil.rmtree(run_dir, ignore_errors=True)
-        setting_path, setting_catalog = catalogs[setting]
-        split = make_split(setting_catalog, SETTINGS[setting]["split_by"], 0.25, 0)
-        config = run_config(method, options, setting_path, cache, setting, seed, args,
+        key_path, key_catalog = catalogs[key]
+        split_by, split_seed = split_of(key, args)
+        split = make_split(key_catalog, split_by, 0.25, split_seed)
+        config = run_config(method, options, key_path, cache, key, seed, args,
                             batches_per_epoch(split, options, args.batch_size))
         started = time.perf_counter()
         trained = train(config, run_dir, progress=False)
         out = {"steps": trained.steps, "last_loss": round(trained.last_loss, 4),
-               "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, setting_catalog, cache)}
-        print_row(setting, row, seed, out)
-        record(args.results, results, setting, row, seed, out)
+               "train_seconds": round(time.perf_counter() - started, 1), **evaluate_run(run_dir, key_catalog, cache)}
+        print_row(key, row, seed, out)
+        record(args.results, results, key, row, seed, out)
     if args.diagnose:
-        for setting, row, seed in todo:
-            if ALL_ROWS[row][0] == "eclip" and str(seed) in results["runs"].get(setting, {}).get(row, {}):
-                variants = index_time_variants(run_folder(runs, setting, row, seed), catalogs[setting][1], cache)
-                print(f"[{setting}] {row} seed {seed} index-time variants:", json.dumps(variants), flush=True)
+        for key, row, seed in todo:
+            if ALL_ROWS[row][0] == "eclip" and str(seed) in results["runs"].get(key, {}).get(row, {}):
+                variants = index_time_variants(run_folder(runs, key, row, seed), catalogs[key][1], cache)
+                print(f"[{key}] {row} seed {seed} index-time variants:", json.dumps(variants), flush=True)
                 update_results(args.results, results, lambda current: current.setdefault("index_time_variants", {})
-                               .setdefault(setting, {}).setdefault(row, {}).__setitem__(str(seed), variants))
+                               .setdefault(key, {}).setdefault(row, {}).__setitem__(str(seed), variants))
     print_table(results.get("summary", {}))
     print(json.dumps(results.get("verdict", {}), indent=1))
 
