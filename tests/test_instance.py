@@ -308,3 +308,26 @@ def test_trains_on_a_synthetic_catalog_and_runs_both_protocols(tmp_path):
     grounding = evaluate_grounding(method, test, progress=False)
     assert grounding["by_source"]["customer"]["n"] == 2 * len(test)
     assert 0.0 <= grounding["Acc@0.5"] <= 1.0
+
+
+def test_main_shot_in_batch_puts_each_products_merchant_shot_beside_its_customer_shots(tmp_path):
+    """`data.main_shot_in_batch` through the trainer: the pairs know each product's merchant shot,
+    every random batch holds the merchant shot of each product in it, and a run trains with it."""
+    from catalogclip.train.data import usable_batches
+    from catalogclip.train.trainer import Trainer
+
+    catalog_path = generate_catalog(tmp_path / "synth", n_products=12, views=3, image_size=48, workers=1)
+    config = RunConfig(
+        method="eclip",
+        method_options={**SMALL, "views_per_product": 1},
+        backbone=BackboneConfig(spec="tiny", embed_dim=16),
+        data=DataConfig(catalog=str(catalog_path), test_fraction=0.25, main_shot_in_batch=True),
+        optim=OptimConfig(epochs=1, batch_size=8, warmup_steps=1, log_every=1, device="cpu"),
+    )
+    _, data = Trainer(config, tmp_path / "run", progress=False).setup()
+    merchant = {path for path in data.image_paths if path.name.endswith("_0.jpg")}  # each product's first image
+    assert {data.image_paths[row] for row in torch.nonzero(data.main_shot).flatten().tolist()} == merchant
+    main_of = {int(data.product_index[row]): row for row in torch.nonzero(data.main_shot).flatten().tolist()}
+    for rows in usable_batches(data, 8, seed=0, epoch=0, views=1, world_size=1, main_shot_in_batch=True):
+        assert all(main_of[int(data.product_index[row])] in rows.tolist() for row in rows.tolist())
+    assert train(config, tmp_path / "run", progress=False).steps > 0

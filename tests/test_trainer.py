@@ -171,6 +171,48 @@ def test_product_packed_batches_always_hold_two_products():
     assert all(len(index[rows].unique()) == 2 for rows in batches)
 
 
+def six_products_with_main_shots():
+    """6 products with 5 images each, the first of each its main (merchant) shot."""
+    from catalogclip.train.data import PairData
+
+    index = torch.arange(6).repeat_interleave(5)
+    main = torch.zeros(30, dtype=torch.bool)
+    main[::5] = True
+    return PairData(index, [f"{i}.jpg" for i in range(30)], ["t"] * 6, None, None, None, None, None, None, main)
+
+
+def test_main_shot_in_batch_brings_every_products_merchant_shot():
+    from catalogclip.train.data import epoch_batches
+
+    data = six_products_with_main_shots()
+    batches = [rows.tolist() for rows in epoch_batches(data, batch_size=8, seed=1, epoch=0, main_shot_in_batch=True)]
+    for rows in batches:
+        assert len(rows) <= 8 and len(set(rows)) == len(rows)
+        assert all(5 * int(data.product_index[row]) in rows for row in rows)
+    # every customer photo exactly once an epoch, as without the option
+    assert sorted(row for rows in batches for row in rows if row % 5) == [row for row in range(30) if row % 5]
+    assert batches == [rows.tolist() for rows in epoch_batches(data, 8, seed=1, epoch=0, main_shot_in_batch=True)]
+    # without it random batches rarely hold a product's main shot with its other images
+    plain = [rows.tolist() for rows in epoch_batches(data, batch_size=8, seed=1, epoch=0)]
+    assert not all(5 * int(data.product_index[row]) in rows for rows in plain for row in rows)
+    # packed groups start with the main shot
+    for rows in epoch_batches(data, batch_size=6, seed=1, epoch=0, views_per_product=3, main_shot_in_batch=True):
+        assert all(5 * int(data.product_index[row]) in rows.tolist() for row in rows.tolist())
+
+
+def test_main_shots_are_each_products_first_merchant_image(tmp_path):
+    from catalogclip.catalog.schema import ImageFile, ImageRef
+    from catalogclip.train.data import epoch_batches, main_shots
+
+    files = [ImageFile(product, number, ImageRef(f"{product}-{number}.jpg", source), tmp_path / f"{product}-{number}.jpg")
+             for product, number, source in [(0, 0, "customer"), (0, 1, "merchant"), (0, 2, "merchant"), (1, 0, "customer")]]
+    assert main_shots(files).tolist() == [False, True, False, False]
+    data = six_products_with_main_shots()
+    data.main_shot = None
+    with pytest.raises(ValueError, match="main shot"):
+        epoch_batches(data, 8, seed=0, epoch=0, main_shot_in_batch=True)
+
+
 def test_loader_workers_build_the_batches_this_process_would(brand_catalog, tmp_path):
     """Worker processes decode and augment exactly what this process would, batch for batch (so
     any number of workers trains the same model and resumes exactly), and building a batch

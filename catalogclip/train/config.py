@@ -23,6 +23,10 @@ class DataConfig:
     split_seed: int = 0
     #: image sources used for training (None: all); e.g. ["merchant"]
     sources: list[str] | None = None
+    #: every product in a batch also brings its main shot (its first merchant image): in random
+    #: batches a product's merchant shot rarely meets its customer photos, so the losses between a
+    #: product's images would hardly see the shots that a customer photo's search retrieves
+    main_shot_in_batch: bool = False
     #: folder of the on-disk feature cache for frozen towers (None: <run>/../.featcache)
     feature_cache: str | None = None
     #: run frozen towers once and reuse their outputs (False: every step runs them, e.g. to measure)

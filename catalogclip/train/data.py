@@ -111,6 +111,8 @@ class PairData:
     image_inputs: torch.Tensor | None  # (P, F) or (P, N, C) cached tower outputs when the image tower is frozen
     categories: list[list[str]] | None  # per product: its category nodes (methods that train on categories)
     attribute_texts: list[str] | None  # per product (methods that use attribute text)
+    #: (P,) bool: the pair's image is its product's main shot (its first merchant image)
+    main_shot: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -142,7 +144,19 @@ def build_pairs(
     image_inputs = cache.fill(paths, load_rgb) if cache is not None else None
     categories = [category_nodes(p.category_path) for p in catalog.products] if method.trains_on_categories else None
     attributes = [attribute_text(p) for p in catalog.products] if method.uses_attribute_text else None
-    return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories, attributes)
+    return PairData(product_index, paths, texts, entity_ids, text_features, text_index, image_inputs, categories, attributes,
+                    main_shots(files))
+
+
+def main_shots(files: list[ImageFile]) -> torch.Tensor:
+    """(P,) bool: which pairs hold their product's first merchant image."""
+    first: dict[int, int] = {}
+    for row, image_file in enumerate(files):
+        if image_file.image.source == "merchant":
+            first.setdefault(image_file.product, row)
+    flags = torch.zeros(len(files), dtype=torch.bool)
+    flags[list(first.values())] = True
+    return flags
 
 
 def tower_kind(method: Method) -> str:
@@ -160,26 +174,60 @@ def image_cache(method: Method, cache_dir: Path | None, **options):
     return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=tower_kind(method), **options)
 
 
-def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1) -> list[torch.Tensor]:
+def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1,
+                  main_shot_in_batch: bool = False) -> list[torch.Tensor]:
     """The pair rows of every batch of one epoch; depends only on (seed, epoch), so resumes replay it.
 
     With `views_per_product` > 1, batches are packed with whole products, up to that many images
     each, so several views of one product meet in a batch (they are positives of each other).
+    With `main_shot_in_batch` every product in a batch also brings its main shot (its first
+    merchant image; packed groups start with it), so that the losses between a product's images
+    see the merchant shots that a customer photo's search retrieves.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(data), generator=generator)
+    main = product_main_shots(data) if main_shot_in_batch else {}
     if views_per_product <= 1:
-        return list(order.split(batch_size))
+        return with_main_shots(order.tolist(), data, main, batch_size) if main else list(order.split(batch_size))
     groups: dict[int, list[int]] = {}
     for row in order.tolist():
         groups.setdefault(int(data.product_index[row]), []).append(row)
     batches, current = [], []
-    for rows in groups.values():
+    for product, rows in groups.items():
+        if product in main:
+            rows = [main[product], *(row for row in rows if row != main[product])]
         rows = rows[:views_per_product]
         if len(current) + len(rows) > batch_size and current:
             batches.append(torch.tensor(current))
             current = []
         current.extend(rows)
+    if current:
+        batches.append(torch.tensor(current))
+    return batches
+
+
+def product_main_shots(data: PairData) -> dict[int, int]:
+    """product -> the row of its main shot."""
+    if data.main_shot is None:
+        raise ValueError("main_shot_in_batch needs to know each product's main shot (PairData.main_shot)")
+    return {int(data.product_index[row]): row for row in torch.nonzero(data.main_shot).flatten().tolist()}
+
+
+def with_main_shots(order: list[int], data: PairData, main: dict[int, int], batch_size: int) -> list[torch.Tensor]:
+    """Random batches of `order` in which each row's product also brings its main shot (once per
+    batch); a main shot drawn into a batch that already holds it is not drawn again this epoch."""
+    batches, current, present = [], [], set()
+    for row in order:
+        if row in present:
+            continue
+        shot = main.get(int(data.product_index[row]), row)
+        rows = [row] if shot == row or shot in present else [row, shot]
+        if len(current) + len(rows) > batch_size and current:
+            batches.append(torch.tensor(current))
+            current, present = [], set()
+            rows = [row] if shot == row else [row, shot]
+        current.extend(rows)
+        present.update(rows)
     if current:
         batches.append(torch.tensor(current))
     return batches
@@ -265,6 +313,7 @@ def iterate_batches(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
+    main_shot_in_batch: bool = False,
 ) -> Iterator[Batch]:
     """Batches of one epoch in the (seed, epoch) order, starting after `skip` batches, built by
     `workers` loader processes (0: in this one); the same batches either way.
@@ -275,7 +324,8 @@ def iterate_batches(
     """
     generator = torch.Generator().manual_seed(seed * 7919 + epoch)
     plan = []
-    for batch_no, rows in enumerate(usable_batches(data, batch_size, seed, epoch, method.views_per_product, world_size)):
+    for batch_no, rows in enumerate(usable_batches(data, batch_size, seed, epoch, method.views_per_product, world_size,
+                                                   main_shot_in_batch)):
         # every batch draws its seed, skipped ones included, to stay resumable
         batch_seed = int(torch.randint(2**62, (1,), generator=generator))
         if batch_no >= skip:
@@ -287,9 +337,10 @@ def iterate_batches(
         yield from torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4)
 
 
-def usable_batches(data: PairData, batch_size: int, seed: int, epoch: int, views: int, world_size: int) -> list[torch.Tensor]:
+def usable_batches(data: PairData, batch_size: int, seed: int, epoch: int, views: int, world_size: int,
+                   main_shot_in_batch: bool = False) -> list[torch.Tensor]:
     """Batches with something to contrast: two rows per rank and at least two products."""
     return [
-        rows for rows in epoch_batches(data, batch_size, seed, epoch, views)
+        rows for rows in epoch_batches(data, batch_size, seed, epoch, views, main_shot_in_batch)
         if len(rows) >= 2 * world_size and len(data.product_index[rows].unique()) >= 2
     ]

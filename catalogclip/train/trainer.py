@@ -185,7 +185,8 @@ class Trainer:
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
             )
         optimizer = torch.optim.AdamW(parameter_groups(method, opt.lr, opt.head_lr, opt.weight_decay))
-        per_epoch = len(usable_batches(data, opt.batch_size, opt.seed, 0, method.views_per_product, self.world_size))
+        per_epoch = len(usable_batches(data, opt.batch_size, opt.seed, 0, method.views_per_product, self.world_size,
+                                       cfg.data.main_shot_in_batch))
         plan = make_plan(opt, per_epoch, len(data))
         if self.on_plan is not None and distributed.is_main():
             self.on_plan(plan)
@@ -204,7 +205,8 @@ class Trainer:
         model.train()
         while step < last_step and epoch < plan.epochs:
             for batch_no, batch in enumerate(
-                iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size, workers), start=skip
+                iterate_batches(method, data, opt.batch_size, opt.seed, epoch, skip, self.rank, self.world_size, workers,
+                                cfg.data.main_shot_in_batch), start=skip
             ):
                 losses = self._forward(model, batch.to(self.device))
                 (losses["loss"] / opt.grad_accum).backward()
