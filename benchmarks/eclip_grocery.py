@@ -67,9 +67,12 @@ from catalogclip.train.featcache import FeatureCache
 from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
 
-RESULTS = Path(__file__).parent / "results" / "eclip_grocery.json"
-SELECTION = Path(__file__).parent / "results" / "eclip_grocery_selection_{steps}steps.json"
-TRAIN_PRODUCTS = Path(__file__).parent / "results" / "eclip_grocery_{n}_training_products.json"
+RESULTS = Path(__file__).parent / "results" / "eclip_grocery{batches}.json"
+SELECTION = Path(__file__).parent / "results" / "eclip_grocery_selection_{steps}steps{batches}.json"
+TRAIN_PRODUCTS = Path(__file__).parent / "results" / "eclip_grocery_{n}_training_products{batches}.json"
+#: how batches are drawn for every row: random images, each product also bringing its main (web)
+#: shot (`data.main_shot_in_batch`, chosen on the validation catalogs), or plain random images
+BATCHES = {"main-shot": "", "random": "_random_batches"}
 TEXT = {"text_fields": ["title", "description"]}
 #: the ECLIP candidates (`--select`) are this with their changes: random batches, as CLIP's (a batch
 #: packed with 3 views per product holds 32 of the 81 products; a random one holds most of them and
@@ -231,7 +234,7 @@ def run_config(method: str, options: dict, catalog: Path, cache: Path, key: str,
         method_options=options,
         backbone=BackboneConfig(spec=args.backbone, embed_dim=256),
         data=DataConfig(catalog=str(catalog), image_root=str(args.image_root), split_by=split_by,
-                        test_fraction=0.25, split_seed=split_seed,
+                        test_fraction=0.25, split_seed=split_seed, main_shot_in_batch=args.batches == "main-shot",
                         feature_cache=str(cache)),
         # enough epochs that the cosine schedule ends at `steps`
         optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size,
@@ -460,7 +463,10 @@ def main() -> None:
                         help="split seeds of setting (b): each holds out another 25%% of the products")
     parser.add_argument("--train-products", type=int, default=None,
                         help="(b) with only this many of each split's training products, the held-out ones unchanged "
-                             f"(results: {TRAIN_PRODUCTS.name.replace('{n}', 'N')})")
+                             f"(results: {TRAIN_PRODUCTS.name.format(n='N', batches='')})")
+    parser.add_argument("--batches", choices=list(BATCHES), default="main-shot",
+                        help="every row's batches: random images, each product bringing its web shot (main-shot), "
+                             "or random images alone (results named with _random_batches)")
     parser.add_argument("--rows", nargs="+", default=None, choices=list(ALL_ROWS),
                         help="default: the table's rows, with --select the candidates")
     parser.add_argument("--steps", type=int, default=150)
@@ -468,7 +474,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backbone", default="twotower", help="`tiny` for a quick check of the pipeline")
     parser.add_argument("--results", type=Path, default=None,
-                        help=f"default {RESULTS.name}, with --select {SELECTION.name.replace('{steps}', 'STEPS')}")
+                        help=f"default {RESULTS.name.format(batches='')}, with --select "
+                             f"{SELECTION.name.format(steps='STEPS', batches='')}")
     parser.add_argument("--select", action="store_true",
                         help="train and score on the validation catalogs (val photos; products carved from the "
                              "training ones) to choose settings; test photos and held-out products stay unseen")
@@ -482,15 +489,16 @@ def main() -> None:
     catalog = read_jsonl(catalog_path, image_root=args.image_root)
     if args.select and args.train_products:
         parser.error("--select and --train-products do not combine")
-    args.results = args.results or (Path(str(SELECTION).format(steps=args.steps)) if args.select else
-                                    Path(str(TRAIN_PRODUCTS).format(n=args.train_products)) if args.train_products else RESULTS)
+    template = SELECTION if args.select else TRAIN_PRODUCTS if args.train_products else RESULTS
+    args.results = args.results or Path(str(template).format(steps=args.steps, n=args.train_products,
+                                                             batches=BATCHES[args.batches]))
     keys = setting_keys(args.settings, args.product_splits)
     variant, derive = (("val", validation_catalog) if args.select else
                        (f"{args.train_products}products", partial(fewer_training_products, n=args.train_products))
                        if args.train_products else ("runs", None))
     catalogs = setting_catalogs(catalog, catalog_path, args.image_root, keys, variant, derive)
-    runs = args.work / ("select" if args.select else variant)
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
+    runs = args.work / (("select" if args.select else variant) + BATCHES[args.batches])
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads, "batches": args.batches,
                 "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
                 "eclip_options": BASE if args.select else ECLIP, "text": "title. description",
                 "product protocol": "queries = customer photos of the test side; gallery = its merchant shots; coarse = "
