@@ -62,7 +62,8 @@ def run_config(config: DemoConfig, catalog: Path, method: str, options: dict) ->
         method=method,
         method_options=options,
         backbone=BackboneConfig(spec=config.backbone),
-        data=DataConfig(catalog=str(catalog), feature_cache=str(config.out / "featcache")),
+        # each product's merchant shot beside its customer shots in every batch (what product search retrieves)
+        data=DataConfig(catalog=str(catalog), feature_cache=str(config.out / "featcache"), main_shot_in_batch=True),
         optim=OptimConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, warmup_steps=10, log_every=10),
     )
 
