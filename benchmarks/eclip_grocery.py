@@ -302,7 +302,8 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     the saliency-weighted instances (what ECLIP indexes), the most salient query, the plain mean of
     the instances, an oracle that lets each image's own product text select its instance
     (uses the answer: an upper bound on what better saliency could give), and the instances
-    without the decoder's term (the token skip alone: how much the decoder adds)."""
+    without the decoder's term (the token skip alone, for runs with `token_skip`: how much the
+    decoder adds)."""
     run = load_run(run_dir)
     method = run.method.eval()
     test = Split.load(run_dir / "split.json", catalog).test
@@ -312,7 +313,9 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     text_of = {pid: i for i, pid in enumerate(embeddings.text_product)}
     own = torch.tensor([text_of[pid] for pid in embeddings.image_product])
     variants: dict[str, list[torch.Tensor]] = {"saliency-weighted": [], "most salient query": [], "mean of instances": [],
-                                               "oracle: own text selects": [], "token skip alone (no decoder term)": []}
+                                               "oracle: own text selects": []}
+    if method.token_proj is not None:
+        variants["token skip alone (no decoder term)"] = []
     for start in range(0, len(tokens), 256):
         chunk = tokens[start : start + 256].float()
         inst = method.instances(Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), image_tokens=chunk))
@@ -322,8 +325,9 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
         variants["mean of instances"].append(F.normalize(inst.embeddings.mean(dim=1), dim=-1))
         weights, _ = text_selection(inst.embeddings, texts[own[start : start + 256]], method.config.select_temperature)
         variants["oracle: own text selects"].append(F.normalize(torch.einsum("bn,bne->be", weights[rows, rows], inst.embeddings), dim=-1))
-        skip = F.normalize(method.token_proj(token_weights(inst.assignment) @ chunk), dim=-1)
-        variants["token skip alone (no decoder term)"].append(saliency_weighted(skip, inst.saliency))
+        if method.token_proj is not None:
+            skip = F.normalize(method.token_proj(token_weights(inst.assignment) @ chunk), dim=-1)
+            variants["token skip alone (no decoder term)"].append(saliency_weighted(skip, inst.saliency))
     out = {}
     for name, parts in variants.items():
         emb = replace(embeddings, image=torch.cat(parts).numpy())
