@@ -57,13 +57,13 @@ from catalogclip.embed import embed_catalog, image_tower_outputs
 from catalogclip.evaluate.protocols import EmbeddingScorer, Inventory, ProtocolOptions, evaluate
 from catalogclip.io import atomic_write_json, read_json
 from catalogclip.models.backbones.base import BackboneConfig, build_backbone
-from catalogclip.models.batch import Batch
+from catalogclip.models.batch import CACHED_IMAGE_FIELDS, Batch
 from catalogclip.models.category import CLIPITAMethod
 from catalogclip.models.methods import METHODS, CLIPMethod, EIClipMethod
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
 from catalogclip.models.instance import saliency_weighted, text_selection, token_weights
-from catalogclip.train.data import image_cache, load_rgb
-from catalogclip.train.featcache import FeatureCache
+from catalogclip.train.data import image_cache, load_rgb, tower_kind
+from catalogclip.train.featcache import FeatureCache, cacheable
 from catalogclip.train.runs import load_run
 from catalogclip.train.trainer import train
 
@@ -226,35 +226,57 @@ def split_of(key: str, args) -> tuple[str, int]:
     return ("image" if args.train_products else SETTINGS[setting]["split_by"]), split_seed
 
 
+def backbone_config(args) -> BackboneConfig:
+    """Every row's backbone: towers frozen, or the image tower's last blocks trained (`--image-trainable-blocks`)."""
+    extra = {"image_trainable_blocks": args.image_trainable_blocks} if args.image_trainable_blocks else {}
+    return BackboneConfig(spec=args.backbone, embed_dim=256, extra=extra)
+
+
 def run_config(method: str, options: dict, catalog: Path, cache: Path, key: str, seed: int, args,
                batches_per_epoch: int) -> RunConfig:
     split_by, split_seed = split_of(key, args)
     return RunConfig(
         method=method,
         method_options=options,
-        backbone=BackboneConfig(spec=args.backbone, embed_dim=256),
+        backbone=backbone_config(args),
         data=DataConfig(catalog=str(catalog), image_root=str(args.image_root), split_by=split_by,
                         test_fraction=0.25, split_seed=split_seed, main_shot_in_batch=args.batches == "main-shot",
                         feature_cache=str(cache)),
         # enough epochs that the cosine schedule ends at `steps`
-        optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size,
+        optim=OptimConfig(epochs=max(1, math.ceil(args.steps / batches_per_epoch)), batch_size=args.batch_size, lr=args.tower_lr,
                           max_steps=args.steps, warmup_steps=20, log_every=50, checkpoint_every=10**9, device="cpu",
                           seed=seed),
     )
 
 
-def fill_token_cache(catalog: Catalog, cache: Path, backbone: str) -> dict:
-    """Every image's token grid in the cache (one tower pass per image, shared by all runs)."""
-    built = build_backbone(BackboneConfig(spec=backbone, embed_dim=256))
-    if not built.image_tower_frozen:
-        return {"not cached": f"{backbone} trains its image tower"}
-    tokens = FeatureCache(cache, built, kind="tokens")
+def fill_token_cache(catalog: Catalog, cache: Path, config: BackboneConfig) -> dict:
+    """Every image's token grid in the cache (one tower pass per image, shared by all runs), or with
+    trained last blocks the frozen front's output."""
+    built = build_backbone(config)
+    kind = "prefix" if built.has_frozen_image_prefix else "tokens"
+    if not cacheable(built, kind):
+        return {"not cached": f"{config.spec} trains its whole image tower"}
+    tokens = FeatureCache(cache, built, kind=kind)
     paths = [catalog.image_path(image) for _, image in catalog.iter_images()]
     missing = len(tokens.missing(paths))
     started = time.perf_counter()
     tokens.fill(paths, load_rgb, batch_size=32)
-    return {"images": len(paths), "computed_now": missing, "seconds": round(time.perf_counter() - started, 1),
-            "namespace": tokens.folder.name}
+    return {"kind": kind, "images": len(paths), "computed_now": missing,
+            "seconds": round(time.perf_counter() - started, 1), "namespace": tokens.folder.name}
+
+
+def tower_suffix(args) -> str:
+    """What results files and run folders of trained tower blocks add to their names."""
+    if not args.image_trainable_blocks:
+        return ""
+    lr = "" if args.tower_lr == OptimConfig.lr else f"_lr{args.tower_lr:g}"
+    return f"_{args.image_trainable_blocks}_trainable_blocks{lr}"
+
+
+def tower_training(args) -> str:
+    if not args.image_trainable_blocks:
+        return "towers frozen"
+    return f"text tower frozen, image tower's last {args.image_trainable_blocks} block(s) + head conv trained at lr {args.tower_lr:g}"
 
 
 def run_folder(runs: Path, key: str, row: str, seed: int) -> Path:
@@ -317,7 +339,9 @@ def index_time_variants(run_dir: Path, catalog: Catalog, cache: Path) -> dict:
     if method.token_proj is not None:
         variants["token skip alone (no decoder term)"] = []
     for start in range(0, len(tokens), 256):
-        chunk = tokens[start : start + 256].float()
+        outputs = tokens[start : start + 256].float()  # tokens, or the tower's frozen front when its last blocks train
+        chunk = method.image_tokens(Batch(product_keys=torch.arange(len(outputs)), texts=[""] * len(outputs),
+                                          **{CACHED_IMAGE_FIELDS[tower_kind(method)]: outputs}))
         inst = method.instances(Batch(product_keys=torch.arange(len(chunk)), texts=[""] * len(chunk), image_tokens=chunk))
         rows = torch.arange(len(chunk))
         variants["saliency-weighted"].append(saliency_weighted(inst.embeddings, inst.saliency))
@@ -476,6 +500,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--image-trainable-blocks", type=int, default=0,
+                        help="train the image tower's last N blocks (and head conv) in every row, from a cache of "
+                             "its frozen front (results named with _N_trainable_blocks)")
+    parser.add_argument("--tower-lr", type=float, default=OptimConfig.lr,
+                        help="learning rate of the trained tower blocks (the heads and decoder keep theirs)")
     parser.add_argument("--backbone", default="twotower", help="`tiny` for a quick check of the pipeline")
     parser.add_argument("--results", type=Path, default=None,
                         help=f"default {RESULTS.name.format(batches='')}, with --select "
@@ -494,16 +523,16 @@ def main() -> None:
     if args.select and args.train_products:
         parser.error("--select and --train-products do not combine")
     template = SELECTION if args.select else TRAIN_PRODUCTS if args.train_products else RESULTS
-    args.results = args.results or Path(str(template).format(steps=args.steps, n=args.train_products,
-                                                             batches=BATCHES[args.batches]))
+    suffix = BATCHES[args.batches] + tower_suffix(args)
+    args.results = args.results or Path(str(template).format(steps=args.steps, n=args.train_products, batches=suffix))
     keys = setting_keys(args.settings, args.product_splits)
     variant, derive = (("val", validation_catalog) if args.select else
                        (f"{args.train_products}products", partial(fewer_training_products, n=args.train_products))
                        if args.train_products else ("runs", None))
     catalogs = setting_catalogs(catalog, catalog_path, args.image_root, keys, variant, derive)
-    runs = args.work / (("select" if args.select else variant) + BATCHES[args.batches])
+    runs = args.work / (("select" if args.select else variant) + suffix)
     settings = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads, "batches": args.batches,
-                "backbone": f"{args.backbone} (towers frozen), 224 px, embed_dim 256",
+                "backbone": f"{args.backbone} ({tower_training(args)}), 224 px, embed_dim 256",
                 "eclip_options": BASE if args.select else ECLIP, "text": "title. description",
                 "product protocol": "queries = customer photos of the test side; gallery = its merchant shots; coarse = "
                                     "same Top > Coarse; '+ distractors' adds the other products' customer photos "
@@ -516,7 +545,7 @@ def main() -> None:
     results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "note": "a shared 2-core machine",
                           "load_average_start": round(os.getloadavg()[0], 1)}
-    results["token_cache"] = fill_token_cache(catalog, cache, args.backbone)
+    results["token_cache"] = fill_token_cache(catalog, cache, backbone_config(args))
     print("token cache:", results["token_cache"], flush=True)
     args.rows = args.rows or (["clip", *CANDIDATES] if args.select else list(ROWS))
     todo = [(key, row, seed) for tier in TIERS for seed in args.seeds for key in keys

@@ -17,7 +17,7 @@ from catalogclip.catalog.schema import Catalog, ImageRef, Product, all_category_
 from catalogclip.embeddings import Embeddings
 from catalogclip.featurise.engines import ImageJob, featurise
 from catalogclip.featurise.runtime import Tower, TowerForward, open_text_tower
-from catalogclip.models.batch import Batch
+from catalogclip.models.batch import CACHED_IMAGE_FIELDS, Batch
 from catalogclip.models.methods import Method
 from catalogclip.train.data import attribute_text, image_cache, load_rgb, tower_kind, usable_image_files
 
@@ -107,8 +107,9 @@ def product_entity_ids(method: Method, products: list[Product]) -> list[list[int
 
 @torch.no_grad()
 def embed_tower_outputs(method: Method, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Image embeddings from image-tower outputs (pooled features, or tokens for ECLIP)."""
-    field = "image_tokens" if method.image_input == "tokens" else "image_features"
+    """Image embeddings from image-tower outputs (pooled features, tokens for ECLIP, or the frozen
+    front's output when the tower's last blocks train: `tower_kind`)."""
+    field = CACHED_IMAGE_FIELDS[tower_kind(method)]
     device = method.backbone.device
     out = []
     for start in range(0, len(inputs), batch_size):

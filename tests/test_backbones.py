@@ -361,6 +361,24 @@ def test_twotower_partial_unfreezing_and_local_weight_paths(twotower, tmp_path):
     assert backbone.feature_id == twotower.feature_id
 
 
+def test_twotower_split_at_the_trained_blocks_reproduces_efficientnet(twotower):
+    backbone = build_backbone(BackboneConfig(spec="twotower", embed_dim=32, extra={"image_trainable_blocks": 1})).eval()
+    assert backbone.has_frozen_image_prefix and not twotower.has_frozen_image_prefix
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        whole = backbone.image_tower.extract_features(images)
+        prefix = backbone.image_prefix(images)
+        assert prefix.shape == (2, 192, 7, 7)  # the input of the last MBConv block
+        torch.testing.assert_close(backbone.image_tokens_from_prefix(prefix), whole.flatten(2).transpose(1, 2))
+        torch.testing.assert_close(backbone.image_features_from_prefix(prefix), whole.mean(dim=(2, 3)))
+        torch.testing.assert_close(backbone.image_tokens(images), twotower.eval().image_tokens(images))
+        key = backbone.prefix_feature_id
+        backbone.image_tower._blocks[-1]._project_conv.weight.mul_(2)  # training the last block ...
+        assert backbone.prefix_feature_id == key  # ... keeps the cached front valid
+        backbone.image_tower._blocks[0]._project_conv.weight.mul_(2)
+        assert backbone.prefix_feature_id != key
+
+
 def test_twotower_reports_missing_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth: EfficientNet-Lite0 weights not found"):
         build_backbone(BackboneConfig(spec="twotower", extra={"image_weights": str(tmp_path / "nothere.pth")}))

@@ -35,20 +35,23 @@ AGREEMENT = 0.9999
 PRECISION = "fp32"
 
 
+#: what an image tower outputs -> the backbone's method computing it from pixels
+IMAGE_OUTPUTS = {"features": "image_features", "tokens": "image_tokens", "prefix": "image_prefix"}
+
+
 class TowerOutputs(nn.Module):
-    """A backbone's image tower as pixels (B, 3, H, W) -> "features" (B, F) or "tokens" (B, N, C)."""
+    """A backbone's image tower as pixels (B, 3, H, W) -> "features" (B, F), "tokens" (B, N, C), or
+    the "prefix" (B, C, h, w) of a tower whose last blocks train (its frozen front's output)."""
 
     def __init__(self, backbone: Backbone, kind: str = "features") -> None:
         super().__init__()
-        if kind not in ("features", "tokens"):
-            raise ValueError(f"unknown image tower output '{kind}' (known: features, tokens)")
+        if kind not in IMAGE_OUTPUTS:
+            raise ValueError(f"unknown image tower output '{kind}' (known: {', '.join(IMAGE_OUTPUTS)})")
         self.backbone = backbone
         self.kind = kind
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.kind == "tokens":
-            return self.backbone.image_tokens(pixels)
-        return self.backbone.image_features(pixels)
+        return getattr(self.backbone, IMAGE_OUTPUTS[self.kind])(pixels)
 
     input_names = ("pixels",)
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass, fields
 import torch
 
 
+#: a cached image-tower output's kind (see train/featcache.py) -> the Batch field that carries it
+CACHED_IMAGE_FIELDS = {"features": "image_features", "tokens": "image_tokens", "prefix": "image_prefix"}
+
+
 @dataclass
 class Batch:
     #: (B,) integer key of each row's product: rows with equal keys are positives of each other
@@ -18,6 +22,8 @@ class Batch:
     image_features: torch.Tensor | None = None
     #: (B, N, C) cached image-tower tokens
     image_tokens: torch.Tensor | None = None
+    #: (B, C, h, w) cached output of the frozen front of an image tower whose last blocks train
+    image_prefix: torch.Tensor | None = None
     #: (B, F_txt) cached text-tower output of `texts`
     text_features: torch.Tensor | None = None
     #: (B, G) entity ids, one per attribute group

@@ -244,6 +244,8 @@ class EClipMethod(Method):
     def image_tokens(self, batch: Batch) -> torch.Tensor:
         if batch.image_tokens is not None:
             return batch.image_tokens.float()
+        if batch.image_prefix is not None:
+            return self.backbone.image_tokens_from_prefix(batch.image_prefix.float())
         if batch.images is None:
             raise ValueError("eclip needs images or cached image tokens in the batch")
         return self.backbone.image_tokens(batch.images)

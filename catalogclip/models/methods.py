@@ -81,6 +81,8 @@ class Method(nn.Module):
     def image_features(self, batch: Batch) -> torch.Tensor:
         if batch.image_features is not None:
             return batch.image_features.float()
+        if batch.image_prefix is not None:
+            return self.backbone.image_features_from_prefix(batch.image_prefix.float())
         return self.backbone.image_features(batch.images)
 
     def text_features(self, batch: Batch) -> torch.Tensor:

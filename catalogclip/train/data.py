@@ -18,7 +18,7 @@ from catalogclip.catalog.images import image_problem
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.schema import Catalog, ImageFile, category_nodes
 from catalogclip.featurise.engines import spare_cores
-from catalogclip.models.batch import Batch
+from catalogclip.models.batch import CACHED_IMAGE_FIELDS, Batch
 from catalogclip.models.methods import Method
 
 
@@ -160,16 +160,20 @@ def main_shots(files: list[ImageFile]) -> torch.Tensor:
 
 
 def tower_kind(method: Method) -> str:
-    """What a method reads from the image tower: "tokens" (spatial) or pooled "features"."""
+    """What a method's cacheable image-tower output is: "tokens" (spatial) or pooled "features" as
+    the method reads them, or the "prefix" of a tower whose last blocks train (the method runs those)."""
+    if method.backbone.has_frozen_image_prefix:
+        return "prefix"
     return "tokens" if method.image_input == "tokens" else "features"
 
 
 def image_cache(method: Method, cache_dir: Path | None, **options):
     """The feature cache of a frozen image tower (tokens or pooled features, as the method takes
-    them), or None when the tower trains; `options` go to `FeatureCache` (runtime, engine)."""
+    them) or of a partly trained one's frozen front, or None when the whole tower trains; `options`
+    go to `FeatureCache` (runtime, engine)."""
     from catalogclip.train.featcache import FeatureCache
 
-    if not method.backbone.image_tower_frozen:
+    if not (method.backbone.image_tower_frozen or method.backbone.has_frozen_image_prefix):
         return None
     return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=tower_kind(method), **options)
 
@@ -233,7 +237,7 @@ def with_main_shots(order: list[int], data: PairData, main: dict[int, int], batc
     return batches
 
 
-def make_batch(image_input: str, data: PairData, rows: torch.Tensor, transform, seed: int) -> Batch:
+def make_batch(cached_kind: str, data: PairData, rows: torch.Tensor, transform, seed: int) -> Batch:
     """The batch of pair `rows`; `seed` fixes its category draws and image augmentations, so a batch
     is the same wherever it is built (this process or a loader worker) and on resume."""
     generator = torch.Generator().manual_seed(seed)
@@ -244,11 +248,7 @@ def make_batch(image_input: str, data: PairData, rows: torch.Tensor, transform, 
     if data.text_features is not None:
         batch.text_features = data.text_features[data.text_feature_index[products]]
     if data.image_inputs is not None:
-        cached = data.image_inputs[rows].float()
-        if image_input == "tokens":
-            batch.image_tokens = cached
-        else:
-            batch.image_features = cached
+        setattr(batch, CACHED_IMAGE_FIELDS[cached_kind], data.image_inputs[rows].float())
     else:
         batch.images = augmented_images(data, rows, transform, seed)
     if data.categories is not None:
@@ -281,15 +281,15 @@ class EpochBatches(torch.utils.data.Dataset):
     """Batch `k` of an epoch, built where the loader runs it: in this process, or in a worker
     process that decodes images while the model trains on the previous batch."""
 
-    def __init__(self, image_input: str, data: PairData, plan: list[tuple[torch.Tensor, int]], transform) -> None:
-        self.image_input, self.data, self.plan, self.transform = image_input, data, plan, transform
+    def __init__(self, cached_kind: str, data: PairData, plan: list[tuple[torch.Tensor, int]], transform) -> None:
+        self.cached_kind, self.data, self.plan, self.transform = cached_kind, data, plan, transform
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, k: int) -> Batch:
         rows, seed = self.plan[k]
-        return make_batch(self.image_input, self.data, rows, self.transform, seed)
+        return make_batch(self.cached_kind, self.data, rows, self.transform, seed)
 
 
 def loader_workers(requested: int | None, data: PairData, device: torch.device) -> int:
@@ -330,7 +330,7 @@ def iterate_batches(
         batch_seed = int(torch.randint(2**62, (1,), generator=generator))
         if batch_no >= skip:
             plan.append((rows[: len(rows) - len(rows) % world_size].tensor_split(world_size)[rank], batch_seed))
-    batches = EpochBatches(method.image_input, data, plan, method.backbone.image_transform(train=True))
+    batches = EpochBatches(tower_kind(method), data, plan, method.backbone.image_transform(train=True))
     if workers == 0:
         yield from (batches[k] for k in range(len(batches)))
     else:

