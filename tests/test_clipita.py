@@ -155,6 +155,25 @@ def test_frozen_text_tower_encodes_each_distinct_string_once():
     torch.testing.assert_close(first[1], again[0])
 
 
+def test_the_frozen_text_memo_is_bounded(monkeypatch):
+    """A service encodes every distinct shopper query through it: the least recently used go."""
+    from cachetools import LRUCache
+
+    from catalogclip.models import category
+
+    monkeypatch.setattr(category, "_FROZEN_TEXT_FEATURES", LRUCache(maxsize=2))
+    method = build_method("clipita", BackboneConfig(spec="tiny", embed_dim=16, freeze_text=True), {})
+    calls = []
+    tower = method.backbone.text_features
+    method.backbone.text_features = lambda texts: calls.append(list(texts)) or tower(texts)
+    wide = method.embed_categories(["A", "B", "C", "A"])  # more distinct strings than the memo holds
+    assert len(category._FROZEN_TEXT_FEATURES) == 2
+    torch.testing.assert_close(wide[0], wide[3])
+    again = method.embed_categories(["A", "C"])  # "A" was pushed out, "C" is still there
+    assert calls == [["A", "B", "C"], ["A"]]
+    torch.testing.assert_close(again, wide[[0, 2]])
+
+
 # --- embedding a catalog ------------------------------------------------------------------------
 
 

@@ -21,11 +21,13 @@ only of rows that sampled the same node.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cachetools import LRUCache
 from torch import nn
 
 from catalogclip.catalog.schema import Product
@@ -122,8 +124,21 @@ def category_keys(categories: list[str], path_nodes: list[list[str]]) -> tuple[t
 
 
 #: frozen text-tower features per (text_feature_id, string), shared by every clipita model in the
-#: process: category nodes repeat in every batch, and runs that share a frozen tower share features
-_FROZEN_TEXT_FEATURES: dict[tuple[str, str], torch.Tensor] = {}
+#: process: category nodes repeat in every batch, and runs that share a frozen tower share features.
+#: Bounded (least recently used out): a service also encodes every distinct shopper query with it.
+_FROZEN_TEXT_FEATURES: LRUCache = LRUCache(maxsize=65_536)
+_MEMO_LOCK = threading.Lock()
+
+
+def _memoised(key: str, texts: list[str]) -> dict[str, torch.Tensor | None]:
+    """The memo's features of each distinct text (None where it has none)."""
+    with _MEMO_LOCK:
+        return {t: _FROZEN_TEXT_FEATURES.get((key, t)) for t in dict.fromkeys(texts)}
+
+
+def _remember(key: str, features: dict[str, torch.Tensor]) -> None:
+    with _MEMO_LOCK:
+        _FROZEN_TEXT_FEATURES.update({(key, t): f for t, f in features.items()})
 
 
 @METHODS.register("clipita")
@@ -155,13 +170,14 @@ class CLIPITAMethod(Method):
         """(B, F_txt) text-tower features; computed once per distinct string when the tower is frozen."""
         if not self.backbone.text_tower_frozen:
             return self.backbone.text_features(texts)
-        keys = [(self._text_key, t) for t in texts]
-        missing = list(dict.fromkeys(k[1] for k in keys if k not in _FROZEN_TEXT_FEATURES))
+        known = _memoised(self._text_key, texts)
+        missing = [t for t, f in known.items() if f is None]
         if missing:
             with torch.no_grad():
-                features = self.backbone.text_features(missing).float().cpu()
-            _FROZEN_TEXT_FEATURES.update({(self._text_key, t): f for t, f in zip(missing, features)})
-        return torch.stack([_FROZEN_TEXT_FEATURES[k] for k in keys]).to(self.backbone.device)
+                computed = dict(zip(missing, self.backbone.text_features(missing).float().cpu()))
+            _remember(self._text_key, computed)
+            known.update(computed)
+        return torch.stack([known[t] for t in texts]).to(self.backbone.device)
 
     def prime_text_features(self, texts: list[str], cache_dir: str | Path) -> None:
         """Memoise the frozen text features of `texts` from the on-disk feature cache (computing and
@@ -170,9 +186,9 @@ class CLIPITAMethod(Method):
 
         if not self.backbone.text_tower_frozen:
             raise ValueError("only a frozen text tower's features can be cached")
-        distinct = [t for t in dict.fromkeys(texts) if (self._text_key, t) not in _FROZEN_TEXT_FEATURES]
+        distinct = [t for t, f in _memoised(self._text_key, texts).items() if f is None]
         features = FeatureCache(cache_dir, self.backbone, kind="text").fill(distinct, progress=False).float()
-        _FROZEN_TEXT_FEATURES.update({(self._text_key, t): f for t, f in zip(distinct, features)})
+        _remember(self._text_key, dict(zip(distinct, features)))
 
     def text_features(self, batch: Batch) -> torch.Tensor:
         if batch.text_features is not None:
