@@ -28,6 +28,9 @@ photos are the queries; (b) each split's training products split again, 25%, sam
     python benchmarks/eclip_grocery.py --select --seeds 0 1      # the choice of ECLIP's settings
     python benchmarks/eclip_grocery.py --settings b --train-products 30 --rows clip "eclip (+ inter + intra)"
                                       # (b) with fewer training products: does ECLIP's gap grow with them?
+    python benchmarks/eclip_grocery.py --image-trainable-blocks 1 --tower-lr 3e-4 --rows clip "eclip (+ inter + intra)"
+                                      # every row also trains the image tower's last block (from a cache of
+                                      # its frozen front); results named _1_trainable_blocks_lr0.0003
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Every step is a library call the CLI also offers on its own; the demo only chains them:
 
-    catalog synth -> train (clip, clip + entities as text, eiclip, eclip, clipita)
+    catalog synth -> train (clip, clip + entities as text, eiclip, eclip, clipita; eclip with the
+    image tower's last block trained, where the backbone splits its tower)
     -> embed + evaluate (full, sample100, category, zeroshot-cls; product + grounding for eclip)
     -> BM25 baseline -> index the EI-CLIP run -> example searches
     -> index its test products, attribute-queries in every search mode -> report (Markdown + HTML)
@@ -44,6 +45,17 @@ class DemoConfig:
             "clipita": ("clipita", {}),
         }
     )
+    #: runs whose image tower also trains its last block, from a cache of its frozen front; added
+    #: where the backbone splits its tower there (`Backbone.splits_image_tower`)
+    last_block_runs: dict[str, tuple[str, dict]] = field(default_factory=lambda: {"eclip-last-image-block": ("eclip", {})})
+
+    def all_runs(self) -> dict[str, tuple[str, dict, int]]:
+        """name -> (method, options, image blocks trained) of every run the demo trains."""
+        from catalogclip.models.backbones.base import backbone_class
+
+        split = backbone_class(self.backbone).splits_image_tower
+        return {**{name: (*run, 0) for name, run in self.runs.items()},
+                **({name: (*run, 1) for name, run in self.last_block_runs.items()} if split else {})}
 
 
 @dataclass
@@ -57,11 +69,12 @@ class DemoResult:
     shopper: dict
 
 
-def run_config(config: DemoConfig, catalog: Path, method: str, options: dict) -> RunConfig:
+def run_config(config: DemoConfig, catalog: Path, method: str, options: dict, trained_image_blocks: int = 0) -> RunConfig:
+    last_blocks = {"freeze_image": True, "extra": {"image_trainable_blocks": trained_image_blocks}} if trained_image_blocks else {}
     return RunConfig(
         method=method,
         method_options=options,
-        backbone=BackboneConfig(spec=config.backbone),
+        backbone=BackboneConfig(spec=config.backbone, **last_blocks),
         # each product's merchant shot beside its customer shots in every batch (what product search retrieves)
         data=DataConfig(catalog=str(catalog), feature_cache=str(config.out / "featcache"), main_shot_in_batch=True),
         optim=OptimConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, warmup_steps=10, log_every=10),
@@ -90,10 +103,12 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     say(f"    {stats['products']} products, {stats['images']} images, category depth {stats['category']['depth']['max']}")
 
     runs: dict[str, Path] = {}
-    for i, (name, (method, options)) in enumerate(config.runs.items(), start=1):
-        say(f"2/6 train {name} ({i}/{len(config.runs)}) on the {config.backbone} backbone")
+    planned = config.all_runs()
+    for i, (name, (method, options, blocks)) in enumerate(planned.items(), start=1):
+        trains = f", its image tower's last {blocks} block(s) trained" if blocks else ""
+        say(f"2/6 train {name} ({i}/{len(planned)}) on the {config.backbone} backbone{trains}")
         run_dir = out / "runs" / name
-        train(run_config(config, catalog, method, options), run_dir, progress=False, on_plan=lambda plan: say(f"    {plan}"))
+        train(run_config(config, catalog, method, options, blocks), run_dir, progress=False, on_plan=lambda plan: say(f"    {plan}"))
         loaded = load_run(run_dir)
         embed_catalog(loaded.method, run_inputs(run_dir).test, cache_dir=loaded.feature_cache_dir(), progress=False).save(run_dir / "embeddings")
         say(f"3/6 evaluate {name}")

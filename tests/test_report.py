@@ -288,3 +288,10 @@ def test_html_report_renders_in_chromium(evaluated, tmp_path):
                    capture_output=True, timeout=120)
     with Image.open(screenshot) as image:
         assert image.size == (1200, 2400)
+
+
+def test_a_run_is_labelled_with_its_backbone_options():
+    from catalogclip.evaluate.report.collect import backbone_label
+
+    assert backbone_label({"spec": "tiny", "extra": {}}) == "tiny"
+    assert backbone_label({"spec": "twotower", "extra": {"image_trainable_blocks": 1}}) == "twotower (image_trainable_blocks=1)"

@@ -53,11 +53,18 @@ def load_entry(folder: str | Path) -> Entry:
     config = folder / "config.yaml"
     if config.exists():
         settings = yaml.safe_load(config.read_text()) or {}
-        info = {"method": settings.get("method"), "backbone": (settings.get("backbone") or {}).get("spec"),
+        info = {"method": settings.get("method"), "backbone": backbone_label(settings.get("backbone") or {}),
                 "catalog": (settings.get("data") or {}).get("catalog")}
     gates_path = folder / "gates.json"
     gates = {str(k): float(v) for k, v in read_json(gates_path).items()} if gates_path.exists() else None
     return Entry(folder.name, folder, "run", results, info, gates)
+
+
+def backbone_label(backbone: dict) -> str | None:
+    """"twotower", or with its options "twotower (image_trainable_blocks=1)": runs that differ there are told apart."""
+    extra = backbone.get("extra") or {}
+    options = ", ".join(f"{k}={v}" for k, v in extra.items())
+    return f"{backbone.get('spec')} ({options})" if options else backbone.get("spec")
 
 
 def load_entries(folders: Sequence[str | Path]) -> list[Entry]:

@@ -59,6 +59,10 @@ class Backbone(nn.Module):
         """(h, w) of the token grid `image_tokens` returns, for mapping tokens back to pixels."""
         raise NotImplementedError
 
+    #: the backbone takes ``image_trainable_blocks`` (`extra`): with a frozen image tower, only its
+    #: last blocks train and the rest (the front) is cached
+    splits_image_tower: bool = False
+
     #: the image tower trains only its last part and its front is frozen: the front's output
     #: (`image_prefix`) can be cached like a frozen tower's, and training runs the rest of the tower
     has_frozen_image_prefix: bool = False
@@ -168,14 +172,18 @@ class Backbone(nn.Module):
 BACKBONES: Registry[Callable[[BackboneConfig], Backbone]] = Registry("backbone")
 
 
+def backbone_class(spec: str) -> Callable[[BackboneConfig], Backbone]:
+    """The registered backbone of a spec ("twotower", "openclip:ViT-B-32:...")."""
+    from catalogclip.models import backbones  # noqa: F401  registers the built-in backbones
+
+    return BACKBONES.get(spec.split(":", 1)[0])
+
+
 def build_backbone(config: BackboneConfig | str) -> Backbone:
     """Build a backbone from its config (or a bare spec string)."""
     if isinstance(config, str):
         config = BackboneConfig(spec=config)
-    from catalogclip.models import backbones  # noqa: F401  registers the built-in backbones
-
-    name = config.spec.split(":", 1)[0]
-    return BACKBONES.get(name)(config)
+    return backbone_class(config.spec)(config)
 
 
 def freeze(module: nn.Module) -> None:

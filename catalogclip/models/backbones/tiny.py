@@ -69,6 +69,7 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 @BACKBONES.register("tiny")
 class TinyBackbone(Backbone):
     name = "tiny"
+    splits_image_tower = True
     #: everything is freshly initialised: all of it trains at the head learning rate
     new_parameter_prefixes = ("image_tower", "text_tower", "image_proj", "text_proj")
 

@@ -100,6 +100,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @BACKBONES.register("twotower")
 class TwoTowerBackbone(Backbone):
     name = "twotower"
+    splits_image_tower = True
     default_freeze_image = True
     default_freeze_text = True
     token_dim = IMAGE_FEATURES
