@@ -12,10 +12,11 @@ hit says which side found it, at which rank and with which score.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 from catalogclip.search.fusion import MODES, FusionConfig, boosted, fuse
 from catalogclip.search.index import Found, Hit, IncompatibleModelError, ProductIndex
@@ -125,6 +126,7 @@ class SearchEngine:
     def __init__(self, index: ProductIndex, encoder: "Encoder", fusion: FusionConfig | None = None) -> None:
         self.index = index
         self.encoder = encoder
+        self._fusion = fusion
         #: how hybrid queries fuse (default: what the index stores, e.g. tuned on judged queries)
         self.fusion = fusion or FusionConfig(**(index.info.get("fusion") or {}))
         try:
@@ -140,6 +142,10 @@ class SearchEngine:
         for group, values in (self.run_vocabs or {}).items():
             vocabs[group] = list(dict.fromkeys(vocabs.get(group, []) + values))
         self.linker = EntityLinker(vocabs)
+
+    def reopened(self) -> "SearchEngine":
+        """This engine over its index as committed now: new products, their entity values, fusion."""
+        return SearchEngine(self.index.reopened(), self.encoder, self._fusion)
 
     def _check_model(self) -> None:
         if self.incompatible is not None:
@@ -260,6 +266,39 @@ def _path_matches(names: list[str], level: str, values: set[tuple[str, ...]]) ->
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
+
+
+T = TypeVar("T")
+
+
+class LiveEngine:
+    """The engine a server answers with: it follows its index on disk. Once a writer has committed
+    a new generation (`catalogclip index --update`), the next request opens it beside the old one
+    and every later request gets the new engine; a request already running keeps the engine it
+    got, and if the commit came in the middle of its reads (the old engine's metadata then names
+    products or vectors its loaded vectors do not have) it runs once more on the new one."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    def current(self) -> SearchEngine:
+        engine = self._engine
+        if not engine.index.is_stale():
+            return engine
+        with self._lock:  # one reopen per commit, however many requests notice it
+            if self._engine is engine:
+                self._engine = engine.reopened()
+            return self._engine
+
+    def answer(self, ask: Callable[[SearchEngine], T]) -> T:
+        engine = self.current()
+        try:
+            return ask(engine)
+        except (KeyError, IndexError):
+            if not engine.index.is_stale():
+                raise
+            return ask(self.current())
 
 
 def open_engine(

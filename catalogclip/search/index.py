@@ -78,6 +78,8 @@ class ProductIndex:
         self._lexical_stale = lexical is None  # rebuilt from the store at the next commit
         self.info = store.info()
         self._root_override = catalog_root
+        self._connection: Connection | None = None  # where `open` found the vectors, for reopening
+        self._meta_file = _file_identity(path / META_FILE)  # a rebuild swaps in another folder, hence another file
         self.catalog_root = Path(catalog_root or self.info.get("catalog_root") or path)
         self.roots = ImageRoots(self.catalog_root, tuple(Path(p) for p in self.info.get("image_roots") or ()))
         self._refresh()
@@ -112,6 +114,7 @@ class ProductIndex:
                     raise
                 continue  # a writer committed and removed this generation's files: open the new one
             index = cls(path, store, vectors, root, lexical)
+            index._connection = connection
             # the same generation before the files were loaded and after the metadata was read: no commit in between
             if index.info["generation"] == info["generation"] == store.info()["generation"]:
                 return index
@@ -185,9 +188,21 @@ class ProductIndex:
 
     def reload(self, connection: Connection | None = None) -> None:
         """Reopen the index as committed now: another writer may have updated or rebuilt it."""
-        fresh = ProductIndex.open(self.path, self._root_override, connection)
+        fresh = self.reopened(connection)
         self.close()
         self.__dict__.update(fresh.__dict__)
+
+    def reopened(self, connection: Connection | None = None) -> "ProductIndex":
+        """The index as committed now, opened beside this one (which stays as it is)."""
+        return ProductIndex.open(self.path, self._root_override, connection or self._connection)
+
+    def is_stale(self) -> bool:
+        """A writer has committed a generation after the one this index holds, or rebuilt the index
+        (while a rebuild swaps its folder in, for an instant there is none: not stale yet)."""
+        current = _file_identity(self.path / META_FILE)
+        if current is None:
+            return False
+        return current != self._meta_file or self.store.generation() != self.info["generation"]
 
     # --- what it holds ------------------------------------------------------------------------
     @property
@@ -461,6 +476,14 @@ def sampled_recall(vectors: VectorStore, stored: np.ndarray, k: int = 10, n_quer
     found = vectors.search(queries, k, Selection())
     hits = [len(set(t.tolist()) & set(f[1].tolist())) / len(t) for t, f in zip(truth, found)]
     return {"recall": round(float(np.mean(hits)), 4), "k": k, "queries": len(queries)}
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def check_replaceable(target: str | Path) -> None:

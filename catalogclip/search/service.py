@@ -30,7 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from catalogclip.search.batching import BatchingEncoder
-from catalogclip.search.engine import MAX_K, SearchEngine, SearchResult
+from catalogclip.search.engine import MAX_K, LiveEngine, SearchEngine, SearchResult
+from catalogclip.search.index import ProductIndex
 from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
 from catalogclip.search.query import QueryError
 from catalogclip.search.uploads import FORMATS, content_type, decode_image, sniff_file
@@ -192,14 +193,16 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         encoder = BatchingEncoder(encoder, options.batch_window_ms, options.max_batch)
     if encoder is not engine.encoder:
         engine = SearchEngine(index, encoder, engine.fusion)
+    # every request asks `live` for the engine: an `index --update` while the service runs is served from its commit on
+    live = LiveEngine(engine)
     images = ImageWorkers(options.image_threads, options.image_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         images.close()
-        if isinstance(engine.encoder, BatchingEncoder):
-            engine.encoder.close()
+        if isinstance(encoder, BatchingEncoder):
+            encoder.close()
 
     app = FastAPI(
         title="catalogclip search",
@@ -211,7 +214,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, per_path={"/search/image": options.max_upload_bytes})
     install_error_handlers(app, Redactor(index.path, index.catalog_root, index.info.get("run")))
 
-    def product_or_404(product_id: str):
+    def product_or_404(index: ProductIndex, product_id: str):
         try:
             return index.product(product_id)
         except KeyError:
@@ -219,6 +222,8 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
 
     @app.get("/healthz")
     def healthz() -> dict:
+        engine = live.current()
+        index = engine.index
         return {
             "status": "ok" if engine.incompatible is None else "incompatible model",
             "products": len(index),
@@ -233,11 +238,11 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     def search_get(
         q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
     ) -> dict:
-        return _json(_result_json(engine.search_text(q, k, _filters(filters), mode, strict)))
+        return _json(_result_json(live.answer(lambda engine: engine.search_text(q, k, _filters(filters), mode, strict))))
 
     @app.post("/search", operation_id="search_post", responses=_result_links())
     def search_post(body: SearchBody) -> dict:
-        return _json(_result_json(engine.search_text(body.q, body.k, body.filters, body.mode, body.strict)))
+        return _json(_result_json(live.answer(lambda engine: engine.search_text(body.q, body.k, body.filters, body.mode, body.strict))))
 
     @app.post(
         "/search/image",
@@ -265,35 +270,47 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     async def search_image(request: Request) -> dict:
         data, fields = await _upload_form(request)
         k, filters = _k(fields.get("k")), _filters(fields.get("filters"))
+
+        def decode_and_search() -> SearchResult:
+            image = decode_image(data)
+            return live.answer(lambda engine: engine.search_image(image, k, filters))
+
         # decoding and the model run in the image threads: the event loop and text searches go on
-        result = await images.run(lambda: engine.search_image(decode_image(data), k, filters))
-        return _json(_result_json(result))
+        return _json(_result_json(await images.run(decode_and_search)))
 
     @app.get("/category", operation_id="category")
     def category(path: str | None = None, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, within: bool = True) -> dict:
         """The category tree; with `path`, also the products for that category query."""
-        body: dict = {"tree": index.category_tree()}
-        if path is not None:
-            body.update(_result_json(engine.search_category(path, k, _filters(filters), within)))
-        return body
+
+        def answer(engine: SearchEngine) -> dict:
+            body: dict = {"tree": engine.index.category_tree()}
+            if path is not None:
+                body.update(_result_json(engine.search_category(path, k, _filters(filters), within)))
+            return body
+
+        return live.answer(answer)
 
     @app.get("/facets", operation_id="facets")
     def facets() -> dict:
-        return {"facets": index.facets()}
+        return {"facets": live.current().index.facets()}
 
     @app.get("/products/{product_id}", operation_id="product")
     def product(product_id: str) -> dict:
-        return _json(_product_json(product_or_404(product_id)))
+        return _json(_product_json(product_or_404(live.current().index, product_id)))
 
     @app.get("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
     def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
-        product_or_404(product_id)
-        return _json(_result_json(engine.similar(product_id, k, _filters(filters))))
+        def answer(engine: SearchEngine) -> SearchResult:
+            product_or_404(engine.index, product_id)
+            return engine.similar(product_id, k, _filters(filters))
+
+        return _json(_result_json(live.answer(answer)))
 
     @app.get("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
     def product_image(product_id: str, number: int) -> Response:
         """Image `number` of a product, as the index recorded it, if it is an accepted image."""
-        found = product_or_404(product_id)
+        index = live.current().index
+        found = product_or_404(index, product_id)
         try:
             path = index.image_file(found, number)
             media_type = sniff_file(path)

@@ -69,6 +69,11 @@ class MetadataStore:
     def info(self) -> dict:
         return {key: json.loads(value) for key, value in self._rows("SELECT key, value FROM info")}
 
+    def generation(self) -> int | None:
+        """The committed generation (one lookup: servers ask before every request)."""
+        found = self._rows("SELECT value FROM info WHERE key = 'generation'")
+        return json.loads(found[0][0]) if found else None
+
     def set_info(self, **values) -> None:
         with self._lock:
             self._db.executemany(
