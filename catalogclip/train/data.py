@@ -108,7 +108,9 @@ class PairData:
     entity_ids: torch.Tensor | None  # (n_products, G)
     text_features: torch.Tensor | None  # (n_distinct_texts, F) when the text tower is frozen
     text_feature_index: torch.Tensor | None  # (n_products,)
-    image_inputs: torch.Tensor | None  # (P, F) or (P, N, C) cached tower outputs when the image tower is frozen
+    #: (P, F) or (P, N, C) cached tower outputs when the image tower is frozen, (P, C, h, w) its
+    #: frozen front's when its last blocks train
+    image_inputs: torch.Tensor | None
     categories: list[list[str]] | None  # per product: its category nodes (methods that train on categories)
     attribute_texts: list[str] | None  # per product (methods that use attribute text)
     #: (P,) bool: the pair's image is its product's main shot (its first merchant image)
@@ -171,11 +173,12 @@ def image_cache(method: Method, cache_dir: Path | None, **options):
     """The feature cache of a frozen image tower (tokens or pooled features, as the method takes
     them) or of a partly trained one's frozen front, or None when the whole tower trains; `options`
     go to `FeatureCache` (runtime, engine)."""
-    from catalogclip.train.featcache import FeatureCache
+    from catalogclip.train.featcache import FeatureCache, cacheable
 
-    if not (method.backbone.image_tower_frozen or method.backbone.has_frozen_image_prefix):
+    kind = tower_kind(method)
+    if not cacheable(method.backbone, kind):
         return None
-    return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=tower_kind(method), **options)
+    return FeatureCache(cache_dir if cache_dir is not None else Path(".featcache"), method.backbone, kind=kind, **options)
 
 
 def epoch_batches(data: PairData, batch_size: int, seed: int, epoch: int, views_per_product: int = 1,
