@@ -63,9 +63,8 @@ class Backbone(nn.Module):
     #: last blocks train and the rest (the front) is cached
     splits_image_tower: bool = False
 
-    #: the image tower trains only its last part and its front is frozen: the front's output
-    #: (`image_prefix`) can be cached like a frozen tower's, and training runs the rest of the tower
-    has_frozen_image_prefix: bool = False
+    #: with a frozen image tower, how many of its last blocks train anyway (`splits_image_tower`)
+    image_trainable_blocks: int = 0
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the frozen front of a partly trained image tower: its (B, C, h, w) activations."""
@@ -155,9 +154,20 @@ class Backbone(nn.Module):
     default_freeze_text: bool = False
 
     @property
-    def image_tower_frozen(self) -> bool:
+    def image_front_frozen(self) -> bool:
+        """The config (or the backbone's default) freezes the image tower, perhaps but for its last blocks."""
         frozen = self.config.freeze_image
         return self.default_freeze_image if frozen is None else frozen
+
+    @property
+    def image_tower_frozen(self) -> bool:
+        return self.image_front_frozen and self.image_trainable_blocks == 0
+
+    @property
+    def has_frozen_image_prefix(self) -> bool:
+        """The image tower trains only its last blocks: its frozen front's output (`image_prefix`)
+        can be cached like a frozen tower's, and training runs the rest of the tower."""
+        return self.image_front_frozen and self.image_trainable_blocks > 0
 
     @property
     def text_tower_frozen(self) -> bool:
@@ -184,6 +194,12 @@ def build_backbone(config: BackboneConfig | str) -> Backbone:
     if isinstance(config, str):
         config = BackboneConfig(spec=config)
     return backbone_class(config.spec)(config)
+
+
+def check_count(backbone: str, option: str, n: int, available: int) -> None:
+    """A count of trainable blocks or layers must lie between 0 and how many the tower has."""
+    if not 0 <= n <= available:
+        raise ValueError(f"backbone '{backbone}': {option} must be between 0 and {available}, got {n}")
 
 
 def freeze(module: nn.Module) -> None:

@@ -19,6 +19,7 @@ from catalogclip.models.backbones.base import (
     BACKBONES,
     Backbone,
     BackboneConfig,
+    check_count,
     extra_options,
     freeze,
     projection_head,
@@ -81,9 +82,7 @@ class TinyBackbone(Backbone):
         )
         width = int(opts["width"])
         self.image_trainable_blocks = int(opts["image_trainable_blocks"])
-        if not 0 <= self.image_trainable_blocks <= _CONV_BLOCKS:
-            raise ValueError(f"backbone 'tiny': image_trainable_blocks must be between 0 and {_CONV_BLOCKS}, "
-                             f"got {self.image_trainable_blocks}")
+        check_count(self.name, "image_trainable_blocks", self.image_trainable_blocks, _CONV_BLOCKS)
         self.preprocess = Preprocess.for_config(config, 64, SIGNED_UNIT_MEAN, SIGNED_UNIT_STD, opts["resize_mode"])
         self.image_tower = nn.Sequential(conv_block(3, 16), conv_block(16, 32), conv_block(32, width))
         self.text_tower = HashedTextTower(int(opts["text_buckets"]), width)
@@ -95,21 +94,13 @@ class TinyBackbone(Backbone):
         self.train()  # frozen towers start in eval mode
 
     @property
-    def image_tower_frozen(self) -> bool:
-        return super().image_tower_frozen and self.image_trainable_blocks == 0
-
-    @property
-    def has_frozen_image_prefix(self) -> bool:
-        return super().image_tower_frozen and self.image_trainable_blocks > 0
-
-    @property
     def _front(self) -> nn.Sequential:
         """The blocks that do not train (the tower itself when none does)."""
         n = self.image_trainable_blocks
         return self.image_tower[: _CONV_BLOCKS - n] if n else self.image_tower
 
     def frozen_modules(self) -> list[nn.Module]:
-        frozen = [(self._front, super().image_tower_frozen), (self.text_tower, self.text_tower_frozen)]
+        frozen = [(self._front, self.image_front_frozen), (self.text_tower, self.text_tower_frozen)]
         return [tower for tower, is_frozen in frozen if is_frozen]
 
     def rebuildable_frozen_modules(self) -> list[nn.Module]:
@@ -123,7 +114,7 @@ class TinyBackbone(Backbone):
             return self.image_tokens_from_prefix(self.image_prefix(images))
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not super().image_tower_frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_front_frozen):
             return self._front(images)
 
     def image_tokens_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from catalogclip.models.backbones.base import (
     BACKBONES,
     Backbone,
     BackboneConfig,
+    check_count,
     extra_options,
     freeze,
     projection_head,
@@ -126,9 +127,9 @@ class TwoTowerBackbone(Backbone):
         self.preprocess = Preprocess.for_config(config, 224, SIGNED_UNIT_MEAN, SIGNED_UNIT_STD, opts["resize_mode"])
         image_weights = Path(opts["image_weights"]) if opts["image_weights"] else default_image_weights()
         self.image_tower = load_efficientnet(image_weights, self.preprocess.size)
-        _check_count(self.image_trainable_blocks, len(self.image_tower._blocks), "image_trainable_blocks")
+        check_count(self.name, "image_trainable_blocks", self.image_trainable_blocks, len(self.image_tower._blocks))
         self.tokenizer, self.text_tower = load_text_model(Path(opts["text_model"] or default_text_model()))
-        _check_count(self.text_trainable_layers, len(self.text_tower.encoder.layer), "text_trainable_layers")
+        check_count(self.name, "text_trainable_layers", self.text_trainable_layers, len(self.text_tower.encoder.layer))
         text_dim = self.text_tower.config.hidden_size
         self.image_proj = projection_head(IMAGE_FEATURES, config.embed_dim, opts["head"], opts["head_hidden"])
         self.text_proj = projection_head(text_dim, config.embed_dim, opts["head"], opts["head_hidden"])
@@ -138,10 +139,6 @@ class TwoTowerBackbone(Backbone):
 
     # --- freezing ---------------------------------------------------------------------------
     @property
-    def image_tower_frozen(self) -> bool:
-        return super().image_tower_frozen and self.image_trainable_blocks == 0
-
-    @property
     def text_tower_frozen(self) -> bool:
         return super().text_tower_frozen and self.text_trainable_layers == 0
 
@@ -149,7 +146,7 @@ class TwoTowerBackbone(Backbone):
         return self._frozen_image_parts() + self._frozen_text_parts()
 
     def _frozen_image_parts(self) -> list[nn.Module]:
-        if not super().image_tower_frozen:
+        if not self.image_front_frozen:
             return []
         n = self.image_trainable_blocks
         if n == 0:
@@ -180,17 +177,13 @@ class TwoTowerBackbone(Backbone):
 
     # --- the frozen front and the trained rest (EfficientNet's `extract_features`, split in two) ---
     @property
-    def has_frozen_image_prefix(self) -> bool:
-        return super().image_tower_frozen and self.image_trainable_blocks > 0
-
-    @property
     def _prefix_blocks(self) -> int:
         return len(self.image_tower._blocks) - self.image_trainable_blocks
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The stem and the blocks that do not train (all blocks when none does)."""
         tower = self.image_tower
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not super().image_tower_frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_front_frozen):
             x = tower._swish(tower._bn0(tower._conv_stem(images)))
             return self._run_blocks(x, 0, self._prefix_blocks)
 
@@ -244,7 +237,3 @@ class TwoTowerBackbone(Backbone):
         model_type = self.text_tower.config.model_type
         return f"twotower|{model_type}={weights_fingerprint(self.text_tower)}|max_length={self.text_max_length}"
 
-
-def _check_count(n: int, available: int, option: str) -> None:
-    if not 0 <= n <= available:
-        raise ValueError(f"backbone 'twotower': {option} must be between 0 and {available}, got {n}")
