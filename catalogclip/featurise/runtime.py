@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from catalogclip.models.backbones.base import Backbone
+from catalogclip.models.batch import CACHED_IMAGE_FIELDS
 from catalogclip.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,19 @@ AGREEMENT = 0.9999
 PRECISION = "fp32"
 
 
-#: what an image tower outputs -> the backbone's method computing it from pixels
-IMAGE_OUTPUTS = {"features": "image_features", "tokens": "image_tokens", "prefix": "image_prefix"}
-
-
 class TowerOutputs(nn.Module):
     """A backbone's image tower as pixels (B, 3, H, W) -> "features" (B, F), "tokens" (B, N, C), or
     the "prefix" (B, C, h, w) of a tower whose last blocks train (its frozen front's output)."""
 
     def __init__(self, backbone: Backbone, kind: str = "features") -> None:
         super().__init__()
-        if kind not in IMAGE_OUTPUTS:
-            raise ValueError(f"unknown image tower output '{kind}' (known: {', '.join(IMAGE_OUTPUTS)})")
+        if kind not in CACHED_IMAGE_FIELDS:
+            raise ValueError(f"unknown image tower output '{kind}' (known: {', '.join(CACHED_IMAGE_FIELDS)})")
         self.backbone = backbone
         self.kind = kind
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return getattr(self.backbone, IMAGE_OUTPUTS[self.kind])(pixels)
+        return getattr(self.backbone, CACHED_IMAGE_FIELDS[self.kind])(pixels)
 
     input_names = ("pixels",)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields
 import torch
 
 
-#: a cached image-tower output's kind (see train/featcache.py) -> the Batch field that carries it
+#: an image-tower output's kind (see train/featcache.py) -> the Batch field that carries it cached,
+#: which is also the name of the Backbone method that computes it from pixels
 CACHED_IMAGE_FIELDS = {"features": "image_features", "tokens": "image_tokens", "prefix": "image_prefix"}
 
 
