@@ -97,19 +97,9 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def wait(self, timeout: float = 300) -> None:
-        import httpx
+        from catalogclip.search.service import wait_until_serving
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        raise RuntimeError("the service did not come up")
+        wait_until_serving(self.base, self.process, timeout, poll=1)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the server process and its live children (workers)."""

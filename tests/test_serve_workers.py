@@ -5,12 +5,12 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 from typer.testing import CliRunner
 
 from catalogclip.cli import app
+from catalogclip.search.service import wait_until_serving
 
 runner = CliRunner()
 
@@ -19,20 +19,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"serve exited with {server.returncode}: {server.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("serve did not answer /healthz in time")
 
 
 def test_two_worker_processes_serve_one_port(brand_catalog, tmp_path):
@@ -47,7 +33,7 @@ def test_two_worker_processes_serve_one_port(brand_catalog, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "catalogclip", "serve", "--index", str(index), "--port", str(port), "--workers", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until_up(url, server)
+        wait_until_serving(url, server, timeout=120)
         answers = [httpx.get(f"{url}/search", params={"q": "red shirt", "k": 3}, timeout=30) for _ in range(6)]
         assert all(a.status_code == 200 for a in answers)
         assert {tuple(h["id"] for h in a.json()["results"]) for a in answers} == {tuple(h["id"] for h in answers[0].json()["results"])}

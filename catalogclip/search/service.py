@@ -17,6 +17,8 @@ import asyncio
 import gc
 import json
 import os
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -386,3 +388,22 @@ def serve_workers(engine_args: dict, workers: int, host: str = "127.0.0.1", port
 
 
 __all__ = ["MAX_UPLOAD_BYTES", "ServiceOptions", "create_app", "serve", "serve_workers", "worker_app"]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float, poll: float = 0.5) -> None:
+    """Wait until `catalogclip serve`, started as `process`, answers ``url/healthz``: RuntimeError
+    when it exits first (with its output, where it was captured) or does not answer in `timeout` s."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"serve exited with {process.returncode}: {output}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll)
+    raise RuntimeError(f"serve did not answer {url}/healthz within {timeout:g} s")
