@@ -47,6 +47,15 @@ def cacheable(backbone: Backbone, kind: str) -> bool:
     return backbone.image_tower_frozen
 
 
+def source_id(backbone: Backbone, kind: str) -> str:
+    """What `kind` rows of `backbone` depend on (weights, preprocessing): their namespace's key."""
+    if kind == "text":
+        return backbone.text_feature_id
+    if kind == "prefix":
+        return backbone.prefix_feature_id
+    return backbone.feature_id
+
+
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     was_training = module.training
@@ -84,8 +93,7 @@ class FeatureCache:
         self.shard_rows = shard_rows
         self.engine = engine or LocalEngine()
         self.forward = TowerForward(backbone, kind, runtime) if kind != "text" else None
-        self.source_id = {"text": lambda: backbone.text_feature_id, "prefix": lambda: backbone.prefix_feature_id}.get(
-            kind, lambda: backbone.feature_id)()
+        self.source_id = source_id(backbone, kind)
         namespace = hashlib.sha256(f"{self.source_id}|{kind}".encode()).hexdigest()[:20]
         self.folder = Path(root) / namespace
         self._index: dict[str, tuple[str, int]] = {}
