@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from catalogclip.catalog.schema import Catalog, ImageRef, Product, write_jsonl
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl, write_jsonl
 
 PALETTE = {
     "red": (220, 30, 30),
@@ -109,11 +109,17 @@ def write_images(root: Path, products: list[Product]) -> None:
             Image.new("RGB", (8, 8), colour).save(path)
 
 
-def write_catalog(root: Path, products: list[Product] | None = None) -> Path:
-    """catalog.jsonl plus solid-colour images under `root`; returns the JSONL path."""
+def write_catalog(root: Path, products: list[Product] | None = None, name: str = "catalog.jsonl") -> Path:
+    """A catalog (`name`) plus solid-colour images under `root`; returns the JSONL path."""
     products = standard_products() if products is None else products
     write_images(root, products)
-    return write_jsonl(Catalog(products, root), root / "catalog.jsonl")
+    return write_jsonl(Catalog(products, root), root / name)
+
+
+def written(root: Path, products: list[Product], name: str) -> Catalog:
+    """`products` (and their images) written under `root` as catalog `name`, read back: another
+    version of a shop's catalog, for updates."""
+    return read_jsonl(write_catalog(root, products, name))
 
 
 def png_bytes(colour: str, size: int = 8) -> bytes:

@@ -2,14 +2,13 @@
 its changes; what killed writers leave behind is cleaned by the next one."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
-from _searchkit import SHOES, PaletteEncoder, product, write_catalog, write_images
+from _searchkit import SHOES, PaletteEncoder, product, write_catalog, written
 
 from catalogclip.catalog.schema import read_jsonl
 from catalogclip.search.build import BuildOptions, build_index, update_index, work_folder
@@ -34,12 +33,6 @@ class Blocking(PaletteEncoder):
         return super().encode_images(images)
 
 
-def _write(root, products, name="catalog.jsonl"):
-    write_images(root, products)
-    (root / name).write_text("".join(json.dumps(p.to_json()) + "\n" for p in products))
-    return read_jsonl(root / name)
-
-
 @pytest.fixture()
 def shop(tmp_path):
     catalog = read_jsonl(write_catalog(tmp_path / "shop"))
@@ -49,8 +42,8 @@ def shop(tmp_path):
 
 def test_two_concurrent_updaters_one_fails_at_once_one_waits_and_nothing_is_lost(tmp_path, shop):
     products = list(shop)
-    first = _write(shop.root, products + [product("a1", "yellow", "Nike", SHOES, 1.0)], "one.jsonl")
-    second = _write(shop.root, products + [product("a1", "yellow", "Nike", SHOES, 1.0), product("b2", "blue", "Nike", SHOES, 2.0)],
+    first = written(shop.root, products + [product("a1", "yellow", "Nike", SHOES, 1.0)], "one.jsonl")
+    second = written(shop.root, products + [product("a1", "yellow", "Nike", SHOES, 1.0), product("b2", "blue", "Nike", SHOES, 2.0)],
                     "two.jsonl")
 
     blocking = Blocking()
@@ -84,7 +77,7 @@ def test_a_reader_opening_as_a_writer_commits_sees_the_vectors_it_loaded(tmp_pat
     reader = ProductIndex.open(tmp_path / "idx")
     loaded = reader.vectors.ntotal
     before = reader.store.vector_rows(loaded)
-    grown = _write(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
+    grown = written(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
     update_index(PaletteEncoder(), grown, ProductIndex.open(tmp_path / "idx"), QUIET)
     assert ProductIndex.open(tmp_path / "idx").vectors.ntotal > loaded
     np.testing.assert_array_equal(reader.store.vector_rows(loaded), before)  # the committed metadata, cut to the loaded vectors
@@ -95,7 +88,7 @@ def test_opening_while_a_writer_commits_opens_the_new_generation_whole(tmp_path,
     loaded generation) must not leave a reader with one generation's vectors and another's products."""
     idx = tmp_path / "idx"
     generation = ProductIndex.open(idx).info["generation"]
-    grown = _write(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
+    grown = written(shop.root, list(shop) + [product("a1", "yellow", "Nike", SHOES, 1.0)], "grown.jsonl")
     load = LexicalIndex.load.__func__
     commits = []
 
@@ -137,7 +130,7 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_one(tmp_path, shop)
     other = tmp_path / "unrelated.tmp"
     other.write_bytes(b"keep")
 
-    summary = update_index(PaletteEncoder(), _write(shop.root, list(shop)[:5]), ProductIndex.open(idx), QUIET)
+    summary = update_index(PaletteEncoder(), written(shop.root, list(shop)[:5], "catalog.jsonl"), ProductIndex.open(idx), QUIET)
     assert str(summary) == "0 added, 0 changed, 7 deleted, 5 unchanged"
     assert [p for p in leftovers if p.exists()] == [] and not work.exists()
     assert other.exists() and lock_file(idx).exists()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from _searchkit import SHOES, PaletteEncoder, product, write_catalog, write_images
+from _searchkit import SHOES, PaletteEncoder, product, write_catalog, written
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,12 +16,6 @@ from catalogclip.search.service import create_app
 
 QUIET = BuildOptions(progress=False)
 NEW = product("a1", "yellow", "Zebraco", SHOES, 1.0)  # a brand no product had
-
-
-def _catalog(root, products, name):
-    write_images(root, products)
-    (root / name).write_text("".join(json.dumps(p.to_json()) + "\n" for p in products))
-    return read_jsonl(root / name)
 
 
 def _shop(tmp_path, options: BuildOptions = QUIET):
@@ -40,7 +34,7 @@ def test_the_service_serves_an_update_committed_while_it_runs(tmp_path, backend)
     assert client.get("/products/p00").status_code == 200
     assert client.get("/search", params={"q": "red"}).status_code == 200
     # three products deleted, one added: the old generation's vector rows name products that are gone
-    changed = _catalog(shop.root, list(shop)[3:] + [NEW], "changed.jsonl")
+    changed = written(shop.root, list(shop)[3:] + [NEW], "changed.jsonl")
     assert str(update_index(PaletteEncoder(), changed, ProductIndex.open(tmp_path / "idx"), QUIET)).startswith("1 added, 0 changed, 3 deleted")
     assert client.get("/healthz").json()["products"] == 10
     body = client.get("/search", params={"q": "yellow zebraco", "k": 3}).json()
@@ -59,7 +53,7 @@ def test_the_service_serves_a_rebuilt_index(tmp_path):
     shop = _shop(tmp_path)
     client = TestClient(create_app(SearchEngine(ProductIndex.open(tmp_path / "idx"), PaletteEncoder())), raise_server_exceptions=False)
     assert client.get("/healthz").json()["products"] == 12
-    build_index(PaletteEncoder(), _catalog(shop.root, [NEW, *list(shop)[:2]], "small.jsonl"), tmp_path / "idx", QUIET)
+    build_index(PaletteEncoder(), written(shop.root, [NEW, *list(shop)[:2]], "small.jsonl"), tmp_path / "idx", QUIET)
     assert client.get("/healthz").json()["products"] == 3
     assert [r["id"] for r in client.get("/search", params={"q": "zebraco", "k": 1}).json()["results"]] == ["a1"]
 
@@ -67,7 +61,7 @@ def test_the_service_serves_a_rebuilt_index(tmp_path):
 def test_a_commit_in_the_middle_of_a_request_reruns_it_on_the_new_index(tmp_path):
     shop = _shop(tmp_path)
     live = LiveEngine(SearchEngine(ProductIndex.open(tmp_path / "idx"), PaletteEncoder()))
-    changed = _catalog(shop.root, list(shop)[3:] + [NEW], "changed.jsonl")
+    changed = written(shop.root, list(shop)[3:] + [NEW], "changed.jsonl")
     engines = []
 
     def search_after_a_commit(engine: SearchEngine):
