@@ -34,26 +34,26 @@ from catalogclip.featurise.runtime import TowerForward
 from catalogclip.io import atomic_path, atomic_write_json
 from catalogclip.models.backbones.base import Backbone
 
-KINDS = ("features", "tokens", "prefix", "text")
+#: kind -> (the Backbone property saying its rows stay the same while the backbone trains, the one
+#: naming what they depend on: weights, preprocessing)
+_SOURCES = {
+    "features": ("image_tower_frozen", "feature_id"),
+    "tokens": ("image_tower_frozen", "feature_id"),
+    "prefix": ("has_frozen_image_prefix", "prefix_feature_id"),
+    "text": ("text_tower_frozen", "text_feature_id"),
+}
+KINDS = tuple(_SOURCES)
 Item = Path | str
 
 
 def cacheable(backbone: Backbone, kind: str) -> bool:
     """Whether `kind` rows of `backbone` stay the same while it trains."""
-    if kind == "text":
-        return backbone.text_tower_frozen
-    if kind == "prefix":
-        return backbone.has_frozen_image_prefix
-    return backbone.image_tower_frozen
+    return getattr(backbone, _SOURCES[kind][0])
 
 
 def source_id(backbone: Backbone, kind: str) -> str:
-    """What `kind` rows of `backbone` depend on (weights, preprocessing): their namespace's key."""
-    if kind == "text":
-        return backbone.text_feature_id
-    if kind == "prefix":
-        return backbone.prefix_feature_id
-    return backbone.feature_id
+    """What `kind` rows of `backbone` depend on: their namespace's key."""
+    return getattr(backbone, _SOURCES[kind][1])
 
 
 @contextmanager
