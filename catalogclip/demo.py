@@ -162,10 +162,10 @@ def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None 
     the model's vectors and BM25, fused; each hit says which side found it), the query towers
     on the service's runtime."""
     from catalogclip.search.build import BuildOptions, index_run
-    from catalogclip.search.engine import SearchEngine, open_engine
+    from catalogclip.search.engine import open_engine
     from catalogclip.search.service import ServiceOptions
 
     index_run(run_dir, index_dir, options=BuildOptions(progress=False, connection=vectors, engine=engine))
     opened = open_engine(index_dir, run_dir)
-    engine = SearchEngine(opened.index, opened.encoder.on_runtime(ServiceOptions.query_runtime), opened.fusion)
+    engine = opened.with_encoder(opened.encoder.on_runtime(ServiceOptions.query_runtime))
     return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}

@@ -11,8 +11,10 @@ from catalogclip.catalog.schema import read_jsonl
 from catalogclip.search.backend import Connection
 from catalogclip.search.build import BuildOptions, build_index, update_index
 from catalogclip.search.engine import LiveEngine, SearchEngine
+from catalogclip.search.fusion import FusionConfig
 from catalogclip.search.index import ProductIndex
 from catalogclip.search.service import create_app
+from catalogclip.search.tune import save_fusion
 
 QUIET = BuildOptions(progress=False)
 NEW = product("a1", "yellow", "Zebraco", SHOES, 1.0)  # a brand no product had
@@ -74,3 +76,14 @@ def test_a_commit_in_the_middle_of_a_request_reruns_it_on_the_new_index(tmp_path
     assert len(engines) == 2 and engines[0] is not engines[1]
     assert {h.product.id for h in result.hits} <= {p.id for p in changed}
     assert live.current() is engines[1]  # one reopen per commit
+
+
+def test_the_service_serves_a_fusion_tuned_while_it_runs(tmp_path):
+    _shop(tmp_path)
+    client = TestClient(create_app(SearchEngine(ProductIndex.open(tmp_path / "idx"), PaletteEncoder())), raise_server_exceptions=False)
+    assert client.get("/healthz").json()["fusion"]["weight"] == 0.1
+    vector_only = FusionConfig(weight=1.0, adaptive=False, boost=0.0)
+    save_fusion(SearchEngine(ProductIndex.open(tmp_path / "idx"), PaletteEncoder()), vector_only)  # `search tune-fusion`
+    assert client.get("/healthz").json()["fusion"] == vector_only.to_json()
+    ids = {mode: [r["id"] for r in client.get("/search", params={"q": "red shoes", "k": 12, "mode": mode}).json()["results"]] for mode in ("hybrid", "vector", "lexical")}
+    assert ids["hybrid"] == ids["vector"] != ids["lexical"]  # the lexical side now weighs nothing

@@ -147,6 +147,11 @@ class SearchEngine:
         """This engine over its index as committed now: new products, their entity values, fusion."""
         return SearchEngine(self.index.reopened(), self.encoder, self._fusion)
 
+    def with_encoder(self, encoder: "Encoder") -> "SearchEngine":
+        """This engine with another encoder (e.g. one that batches queries); a fusion the index
+        stores stays the index's, so a re-tuned fusion is served once committed."""
+        return SearchEngine(self.index, encoder, self._fusion)
+
     def _check_model(self) -> None:
         if self.incompatible is not None:
             raise IncompatibleModelError(self.incompatible)

@@ -31,7 +31,7 @@ from catalogclip.catalog.schema import Product
 from catalogclip.search.backend import EXACT_KINDS, Connection, Selection, VectorParams, VectorStore, backend, choose_kind
 from catalogclip.search.lexical import LexicalIndex, LexicalParams, lexical_folder
 from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, QueryError, parse_filters
-from catalogclip.search.store import MetadataStore
+from catalogclip.search.store import COMMIT_KEYS, MetadataStore
 
 FORMAT_VERSION = 2  # 2: a lexical (BM25) side
 META_FILE = "meta.sqlite"
@@ -202,7 +202,7 @@ class ProductIndex:
         current = _file_identity(self.path / META_FILE)
         if current is None:
             return False
-        return current != self._meta_file or self.store.generation() != self.info["generation"]
+        return current != self._meta_file or self.store.committed() != tuple(self.info.get(key) for key in COMMIT_KEYS)
 
     # --- what it holds ------------------------------------------------------------------------
     @property
@@ -278,10 +278,11 @@ class ProductIndex:
         return self._paths
 
     def set_info(self, **values) -> None:
-        """Record settings (e.g. the tuned fusion) in the index's info, committed at once."""
+        """Record settings (e.g. the tuned fusion) in the index's info, committed at once under a new
+        revision, so that servers reopen with them."""
         if self._lexical_stale:  # committing now would publish products without their vectors' file
             raise RuntimeError(f"{self.path} has uncommitted product changes: commit them first")
-        self.store.set_info(**values)
+        self.store.set_info(**values, revision=(self.store.committed()[1] or 0) + 1)
         self.store.commit()
         self.info = self.store.info()
 

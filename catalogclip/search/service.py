@@ -194,7 +194,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     if options.batch_window_ms > 0:
         encoder = BatchingEncoder(encoder, options.batch_window_ms, options.max_batch)
     if encoder is not engine.encoder:
-        engine = SearchEngine(index, encoder, engine.fusion)
+        engine = engine.with_encoder(encoder)
     # every request asks `live` for the engine: an `index --update` while the service runs is served from its commit on
     live = LiveEngine(engine)
     images = ImageWorkers(options.image_threads, options.image_timeout_s)
@@ -233,6 +233,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
             "encoder_model_id": engine.encoder.model_id,
             "kind": index.kind,
             "detail": engine.incompatible,
+            "fusion": engine.fusion.to_json(),
             "batches": engine.encoder.stats() if isinstance(engine.encoder, BatchingEncoder) else None,
         }
 

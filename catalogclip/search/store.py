@@ -46,6 +46,10 @@ def category_prefixes(path: list[str]) -> list[str]:
     return [CATEGORY_SEP.join(path[: i + 1]) for i in range(len(path))]
 
 
+#: what `committed` reads: a new generation (vectors, products) or revision (settings such as the fusion)
+COMMIT_KEYS = ("generation", "revision")
+
+
 class MetadataStore:
     """SQLite-backed product metadata; safe to share between the threads of a server."""
 
@@ -69,10 +73,10 @@ class MetadataStore:
     def info(self) -> dict:
         return {key: json.loads(value) for key, value in self._rows("SELECT key, value FROM info")}
 
-    def generation(self) -> int | None:
-        """The committed generation (one lookup: servers ask before every request)."""
-        found = self._rows("SELECT value FROM info WHERE key = 'generation'")
-        return json.loads(found[0][0]) if found else None
+    def committed(self) -> tuple:
+        """The committed generation and settings revision (one lookup: servers ask before every request)."""
+        found = dict(self._rows(f"SELECT key, value FROM info WHERE key IN ({', '.join('?' * len(COMMIT_KEYS))})", COMMIT_KEYS))
+        return tuple(json.loads(found[key]) if key in found else None for key in COMMIT_KEYS)
 
     def set_info(self, **values) -> None:
         with self._lock:
