@@ -1,6 +1,7 @@
 """Shop exports: Google Merchant feeds (TSV, XML), Shopify's product CSV, a mapped CSV, Flipkart's variants."""
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from pathlib import Path
@@ -121,6 +122,7 @@ def test_google_merchant_tsv_missing_column(tmp_path):
     feed.write_text("id\ttitle\nA\tMug\n")
     with pytest.raises(ValueError, match=r"feed\.tsv: missing column 'image_link'"):
         read_catalog("google-merchant", feed, ProblemLog())
+
 
 
 # --- shopify ----------------------------------------------------------------------------
@@ -284,8 +286,6 @@ def test_bytes_that_do_not_decode_are_reported_and_replaced_not_fatal(tmp_path):
     assert not problems.problems
     with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
         read_catalog("myntra", root, ProblemLog(), ReaderOptions(encoding="klingon"))
-    with pytest.raises(ValueError, match="encoding 'utf-16' is not supported"):
-        read_catalog("myntra", root, ProblemLog(), ReaderOptions(encoding="utf-16"))
 
 
 def test_read_jsonl_survives_a_bad_byte(tmp_path):
@@ -299,3 +299,44 @@ def test_read_jsonl_survives_a_bad_byte(tmp_path):
     catalog = read_jsonl(path, problems)
     assert [p.title for p in catalog] == ["Gar\ufffdons Tee", "Mug"]
     assert [(p.kind, p.file, p.line) for p in problems.problems] == [("undecodable bytes", str(path), 1)]
+
+
+# --- CSV plumbing: line ends, encodings, delimiters, rows over several lines -------------------
+
+TAB_MAPPING = ColumnMapping.from_dict({"id": "sku", "title": "name", "images": "images", "brand": "brand"})
+
+
+def test_cr_only_line_ends_import(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg", "images/cap.jpg"])
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"sku,name,images,brand\rM1,Mug,images/mug.jpg,Kiln\rC1,Cap,images/cap.jpg,\r")
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=TAB_MAPPING, normalise=False))
+    assert [p.id for p in catalog] == ["M1", "C1"] and not problems.problems
+
+    shop = tmp_path / "shop.csv"
+    rows = [list(SHOPIFY_ROWS[3]), shopify_row("no-title", Image_Src="images/mug.jpg")]
+    rows[0][SHOPIFY_HEADER.index("Body (HTML)")] = "<p>Holds 12 oz.</p>\r<p>Dishwasher safe.</p>"
+    with shop.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\r").writerows([SHOPIFY_HEADER, *rows])
+    problems = ProblemLog()
+    catalog = read_catalog("shopify", shop, problems, RAW)
+    assert catalog["mug"].description == "Holds 12 oz. Dishwasher safe."
+    assert [(p.line, p.message) for p in problems.problems] == [(4, "field 'title' is empty")]  # the row's own line
+
+
+def test_utf16_with_a_bom_is_detected_and_utf16_without_one_is_an_encoding(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg"])
+    text = "sku\tname\timages\tbrand\r\nM1\tCafé Mug\timages/mug.jpg\tKiln\r\n"
+    path = tmp_path / "unicode_text.txt"
+    path.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))  # Excel's "Unicode Text"
+    options = ReaderOptions(columns=TAB_MAPPING, normalise=False)
+    problems = ProblemLog()
+    assert read_catalog("csv", path, problems, options)["M1"].title == "Café Mug" and not problems.problems
+
+    path.write_bytes(text.encode("utf-16-le")[:-4] + b"\x00\xdc" + "\r\n".encode("utf-16-le"))  # a lone surrogate
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=TAB_MAPPING, normalise=False, encoding="utf-16"))
+    assert catalog["M1"].title == "Café Mug" and catalog["M1"].attributes == {"brand": "Kiln\ufffd"}
+    assert [(p.kind, p.line) for p in problems.problems] == [("undecodable bytes", 2)]
+    assert "byte 0x00 at position 32 of the line is not utf-16" in problems.problems[0].message
