@@ -200,3 +200,20 @@ def test_stats_lists_the_best_covered_groups_and_the_loading_problems(tmp_path):
     figures = json.loads(run("stats", path, "--json").stdout)
     assert list(figures["attributes"])[:3] == ["brand", "spec0", "spec1"] and len(figures["attributes"]) == 20
     assert figures["problems"]["by_kind"] == {"undecodable bytes": 1, "malformed row": 1}
+
+
+def test_import_csv_delimiter_flag_takes_backslash_t_or_tab_and_refuses_others_in_one_line(tmp_path):
+    write_jpeg(tmp_path / "pics" / "a.jpg")
+    (tmp_path / "shop.tsv").write_text("sku\tname\tpic\nA\tMug, 12 oz\tpics/a.jpg\n")
+    out = tmp_path / "c.jsonl"
+    flags = ["--column", "id=sku", "--column", "title=name", "--column", "images=pic"]
+    for delimiter in ("\\t", "tab", "\t"):
+        result = run("import", "-f", "csv", tmp_path / "shop.tsv", out, *flags, "--column", f"delimiter={delimiter}")
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["title"] == "Mug, 12 oz"
+    for delimiter in (";;", "", '"'):
+        result = run("import", "-f", "csv", tmp_path / "shop.tsv", out, *flags, "--column", f"delimiter={delimiter}")
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.stderr.strip() == (
+            f"error: delimiter {delimiter!r}: expected one character such as , ; | or \\t (or the word tab)"
+        )

@@ -124,6 +124,26 @@ def test_google_merchant_tsv_missing_column(tmp_path):
         read_catalog("google-merchant", feed, ProblemLog())
 
 
+def test_google_merchant_tsv_quotes_are_text_and_rows_must_fit_the_header(tmp_path):
+    write_images(tmp_path, ["cap.jpg", "mug.jpg"])
+    feed = tmp_path / "feed.tsv"
+    feed.write_text(
+        "id\ttitle\tdescription\timage_link\tbrand\tcolor\n"
+        'V7\tSingle 7" Vinyl\t"Limited pressing.\tcap.jpg\tLabel\tBlack\n'  # an unclosed quote: text
+        'MUG-1\t"Sunrise" Mug\tSays "perfect".\tmug.jpg\n'  # trailing empty fields dropped
+        "CAP-1\tCap\tTwill.\tAdjustable.\tcap.jpg\tAcme\tBlack\n",  # one field too many
+        encoding="utf-8",
+    )
+    problems = ProblemLog()
+    catalog = read_catalog("google-merchant", feed, problems, RAW)
+    assert [p.id for p in catalog] == ["V7", "MUG-1"]
+    assert (catalog["V7"].title, catalog["V7"].description) == ('Single 7" Vinyl', '"Limited pressing.')
+    assert catalog["V7"].attributes == {"brand": "Label", "color": "Black"}
+    assert (catalog["MUG-1"].title, catalog["MUG-1"].description) == ('"Sunrise" Mug', 'Says "perfect".')
+    assert [(p.kind, p.line, p.message) for p in problems.problems] == [
+        ("malformed row", 4, "7 fields, the header has 6")
+    ]
+
 
 # --- shopify ----------------------------------------------------------------------------
 
@@ -340,3 +360,40 @@ def test_utf16_with_a_bom_is_detected_and_utf16_without_one_is_an_encoding(tmp_p
     assert catalog["M1"].title == "Café Mug" and catalog["M1"].attributes == {"brand": "Kiln\ufffd"}
     assert [(p.kind, p.line) for p in problems.problems] == [("undecodable bytes", 2)]
     assert "byte 0x00 at position 32 of the line is not utf-16" in problems.problems[0].message
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_the_delimiter_is_guessed_from_the_header(tmp_path, delimiter):
+    write_images(tmp_path, ["images/mug.jpg"])
+    path = tmp_path / "export.csv"
+    rows = [["sku", "name", "images", "brand"], ["M1", "Mug; 12, oz", "images/mug.jpg", "Kiln | Co"]]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter=delimiter).writerows(rows)
+    catalog = read_catalog("csv", path, ProblemLog(), ReaderOptions(columns=TAB_MAPPING, normalise=False))
+    assert (catalog["M1"].title, catalog["M1"].attributes) == ("Mug; 12, oz", {"brand": "Kiln | Co"})
+
+
+def test_shopify_resaved_by_a_european_excel_semicolons_and_cp1252(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg"])
+    path = tmp_path / "products_export.csv"
+    with path.open("w", newline="", encoding="cp1252") as fh:
+        csv.writer(fh, delimiter=";").writerows([SHOPIFY_HEADER, shopify_row("mug", Title="Mug – 12 oz", Image_Src="images/mug.jpg")])
+    problems = ProblemLog()
+    assert read_catalog("shopify", path, problems, ReaderOptions(encoding="cp1252"))["mug"].title == "Mug – 12 oz"
+    assert not problems.problems
+
+
+def test_csv_errors_name_the_file_and_the_line_the_row_starts_on(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg"])
+    path = tmp_path / "export.csv"
+    huge = "x" * (csv.field_size_limit() + 1)
+    path.write_text(f'sku,name,images,brand\nA,"two\nlines",images/mug.jpg,\nB,"start\n{huge}",images/mug.jpg,\n')
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=TAB_MAPPING, normalise=False))
+    assert catalog["A"].title == "two\nlines"
+    assert [(p.file, p.line) for p in problems.problems] == [(str(path), 4)]
+    assert problems.problems[0].message.startswith("CSV: field larger than field limit")
+
+    path.write_text(f'"{huge}",name\n')
+    with pytest.raises(ValueError, match=rf"{path.name}:1: cannot read the CSV header: field larger than field limit"):
+        read_catalog("csv", path, ProblemLog(), ReaderOptions(columns=TAB_MAPPING))

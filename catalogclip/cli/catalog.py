@@ -47,7 +47,7 @@ def import_catalog(
         None, "--aliases", help="YAML of the shop's own synonyms: {keys: {Shade: colour}, values: {colour: {Blk: Black}}}."
     ),
     encoding: str | None = typer.Option(
-        None, "--encoding", help="Text encoding of SRC, e.g. cp1252, latin-1 (default UTF-8, or an XML feed's own)."
+        None, "--encoding", help="Text encoding of SRC, e.g. cp1252, latin-1, utf-16 (default UTF-8, or an XML feed's own; a byte order mark wins)."
     ),
     columns_file: Path | None = typer.Option(None, "--columns", help="csv: a YAML column mapping (id, title, images, ...)."),
     column: list[str] = typer.Option(

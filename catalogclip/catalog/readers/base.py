@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -58,54 +59,95 @@ READERS: Registry[Reader] = Registry("catalog format")
 EXTRA_FIELDS = "__extra__"
 """Key of a CSV row's fields beyond the header (a list), e.g. from unquoted commas."""
 
+DELIMITERS = (",", ";", "\t", "|")
+"""The delimiters a CSV file's header is searched for; a tie goes to the first."""
+_QUOTED = re.compile(r'"[^"]*"')
+_DELIMITER_NAMES = {"\\t": "\t", "tab": "\t"}
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV (or TSV) file splits into rows and fields."""
+
+    delimiter: str | None = None  # None: guessed from the header (see `guess_delimiter`)
+    quoting: int = csv.QUOTE_MINIMAL  # csv.QUOTE_NONE: a quote is text (Google's TSV has no quoting)
+    pad_short_rows: bool = False  # a row short of the header: padded with "" (True), or a malformed row
+    keep_extra_fields: bool = True  # fields beyond the header: under EXTRA_FIELDS (True), or a malformed row
+
+
+def guess_delimiter(header: str) -> str:
+    """The one of `DELIMITERS` the header line holds most often outside quotes (a comma if none)."""
+    bare = _QUOTED.sub("", header)
+    return max(DELIMITERS, key=bare.count)
+
+
+def parse_delimiter(text: str) -> str:
+    """A delimiter as a user writes it: one character, `\\t` or the word `tab`; ValueError otherwise."""
+    delimiter = _DELIMITER_NAMES.get(text.strip().lower(), text)
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"delimiter {text!r}: expected one character such as , ; | or \\t (or the word tab)")
+    return delimiter
+
 
 def csv_rows(
     path: Path,
     required: Iterable[str],
     problems: ProblemLog,
     encoding: str | None = None,
-    delimiter: str | None = None,
+    layout: CsvLayout = CsvLayout(),
     header: Callable[[str], str] = str.strip,
 ) -> Iterator[tuple[int, dict]]:
-    """(line number, {column: value}) per data row of a CSV (or TSV) file with a header.
+    """(line the row starts on, {column: value}) per data row of a CSV (or TSV) file with a header.
 
-    Raises ValueError naming the file and the first missing column. Short rows and rows the csv
-    module cannot parse are logged and skipped; bytes that do not decode, see `text_lines`.
-    `delimiter` None: a tab when the header holds more tabs than commas, else a comma;
-    `header` turns the header's names into the row's keys.
+    Raises ValueError naming the file and the first missing column, or the header's line when
+    the csv module cannot parse it. Rows that do not fit the header (see `CsvLayout`) and rows
+    the csv module cannot parse are logged and skipped; bytes that do not decode, see
+    `text_lines`. `header` turns the header's names into the row's keys.
     """
     lines = text_lines(path, problems, encoding or "utf-8")
     first = next(lines, "")
-    if delimiter is None:
-        delimiter = "\t" if first.count("\t") > first.count(",") else ","
-    reader = csv.DictReader(itertools.chain([first], lines), restkey=EXTRA_FIELDS, delimiter=delimiter)
-    yield from _dict_rows(path, reader, required, problems, header)
-
-
-def _dict_rows(
-    path: Path, reader: csv.DictReader, required: Iterable[str], problems: ProblemLog, header_name: Callable[[str], str]
-) -> Iterator[tuple[int, dict]]:
-    header = [header_name(name) for name in reader.fieldnames or ()]
-    if not header:
-        raise ValueError(f"{path}: empty file, expected a CSV header")
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise ValueError(f"{path}: missing column '{missing[0]}' (found: {', '.join(header)})")
-    reader.fieldnames = header
+    delimiter = layout.delimiter or guess_delimiter(first)
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter, quoting=layout.quoting)
+    names = _header(path, reader, required, header)
     while True:
+        start = reader.line_num + 1  # a quoted field may span lines: a problem names the row's first
         try:
-            row = next(reader)
+            fields = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            # DictReader.line_num is only updated after a good row; its csv reader's is current.
-            problems.add("malformed row", path, reader.reader.line_num, f"CSV: {exc}")
+            problems.add("malformed row", path, start, f"CSV: {exc}")
             continue
-        if None in row.values():  # DictReader fills a short row's absent fields with None
-            given = sum(value is not None for value in row.values())
-            problems.add("malformed row", path, reader.line_num, f"{given} fields, the header has {len(header)}")
-            continue
-        yield reader.line_num, row
+        if fields:  # not a blank line
+            row = _fit(fields, names, layout)
+            if row is None:
+                problems.add("malformed row", path, start, f"{len(fields)} fields, the header has {len(names)}")
+            else:
+                yield start, row
+
+
+def _header(path: Path, reader, required: Iterable[str], name: Callable[[str], str]) -> list[str]:
+    try:
+        header = [name(column) for column in next(reader, [])]
+    except csv.Error as exc:
+        raise ValueError(f"{path}:{reader.line_num}: cannot read the CSV header: {exc}") from None
+    if not header:
+        raise ValueError(f"{path}: empty file, expected a CSV header")
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column '{missing[0]}' (found: {', '.join(header)})")
+    return header
+
+
+def _fit(fields: list[str], header: list[str], layout: CsvLayout) -> dict | None:
+    """The row as {column: value}, or None when its length does not fit the header and `layout`."""
+    surplus = len(fields) - len(header)
+    if (surplus < 0 and not layout.pad_short_rows) or (surplus > 0 and not layout.keep_extra_fields):
+        return None
+    row = dict(zip(header, fields + [""] * -surplus))
+    if surplus > 0:
+        row[EXTRA_FIELDS] = fields[len(header):]
+    return row
 
 
 def group_variants(items: Iterable[tuple[int, dict]]) -> Iterator[tuple[int, dict]]:

@@ -7,6 +7,7 @@ multi-values ("Red | Blue"); its images are all the variants' images in feed ord
 """
 from __future__ import annotations
 
+import csv
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Iterable, Iterator
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import (
     READERS,
+    CsvLayout,
     ReaderOptions,
     Source,
     csv_rows,
@@ -27,6 +29,9 @@ G_NS = "http://base.google.com/ns/1.0"
 ATTRIBUTES = ("brand", "color", "gender", "age_group", "material", "pattern", "size")
 REQUIRED = ("id", "title", "image_link")
 ITEM_TAGS = {"item", "entry"}  # RSS 2.0, Atom
+# Google's TSV has no quoting (a quote is text) and drops a row's trailing empty fields;
+# a row longer than the header would put values under the wrong fields.
+TSV_LAYOUT = CsvLayout("\t", csv.QUOTE_NONE, pad_short_rows=True, keep_extra_fields=False)
 _XML_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""")
 
 
@@ -65,8 +70,8 @@ def raw_product(fields: dict[str, list[str]]) -> dict:
 
 
 def _tsv_items(path: Path, problems: ProblemLog, encoding: str) -> Iterator[tuple[int, dict]]:
-    for line, row in csv_rows(path, REQUIRED, problems, encoding, delimiter="\t", header=field_name):
-        yield line, raw_product({name: [value] for name, value in row.items() if isinstance(value, str)})
+    for line, row in csv_rows(path, REQUIRED, problems, encoding, TSV_LAYOUT, header=field_name):
+        yield line, raw_product({name: [value] for name, value in row.items()})
 
 
 def _declared_encoding(path: Path) -> str:

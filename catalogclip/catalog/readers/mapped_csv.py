@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, category_path, csv_rows
+from catalogclip.catalog.readers.base import (
+    READERS,
+    CsvLayout,
+    ReaderOptions,
+    Source,
+    category_path,
+    csv_rows,
+    parse_delimiter,
+)
 from catalogclip.catalog.schema import products_from_rows
 
 LIST_FIELDS = ("images", "category")
@@ -34,7 +42,7 @@ class ColumnMapping:
     category_sep: str | None = None
     brand: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)  # attribute name -> column
-    delimiter: str | None = None  # None: a tab when the header holds more tabs than commas
+    delimiter: str | None = None  # None: guessed from the header
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "ColumnMapping":
@@ -51,6 +59,8 @@ class ColumnMapping:
             values[key] = _names(values.get(key))
         attributes = values.get("attributes") or {}
         values["attributes"] = dict(attributes) if isinstance(attributes, Mapping) else {c: c for c in _names(attributes)}
+        if values.get("delimiter") is not None:
+            values["delimiter"] = parse_delimiter(str(values["delimiter"]))
         return cls(**values)
 
     def columns(self) -> list[str]:
@@ -98,7 +108,7 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
 
 
 def _products(path: Path, mapping: ColumnMapping, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
-    for line, row in csv_rows(path, mapping.columns(), problems, encoding, mapping.delimiter):
+    for line, row in csv_rows(path, mapping.columns(), problems, encoding, CsvLayout(mapping.delimiter)):
         yield line, raw_product(row, mapping)
 
 
