@@ -11,7 +11,7 @@ import pytest
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers import ReaderOptions, read_catalog
 from catalogclip.catalog.readers.mapped_csv import ColumnMapping
-from catalogclip.catalog.readers.shopify import html_to_text
+from catalogclip.catalog.readers.html import html_to_text, plain_text
 from test_readers import flipkart_row, write_flipkart, write_jpeg
 
 RAW = ReaderOptions(normalise=False)  # the readers' own output, before attribute normalisation
@@ -72,7 +72,7 @@ def test_google_merchant_tsv_groups_variants_and_keeps_every_image(tmp_path):
     problems = ProblemLog()
     catalog = read_catalog("google-merchant", feed, problems, RAW)
     check_google_catalog(catalog, problems, feed, bad_line=6)
-    assert catalog["TS"].description == "Cotton <b>oxford</b>."
+    assert catalog["TS"].description == "Cotton oxford."  # HTML as plain text
 
 
 def google_xml(items: list[list[str]]) -> str:
@@ -100,7 +100,16 @@ def test_google_merchant_xml_rss_reads_the_same_feed(tmp_path):
     # A problem names the line of the item's <item> tag: the bad item is the 5th.
     starts = [i + 1 for i, line in enumerate(feed.read_text().splitlines()) if line == "  <item>"]
     check_google_catalog(catalog, problems, feed, bad_line=starts[4])
-    assert catalog["TS"].description == "Cotton <b>oxford</b>."  # XML-escaped text comes back as written
+    assert catalog["TS"].description == "Cotton oxford."  # XML-escaped HTML, as plain text
+
+
+def test_google_merchant_xml_cdata_html_description_is_plain_text(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg"])
+    feed = tmp_path / "feed.xml"
+    feed.write_text(google_xml(GOOGLE_ITEMS[2:3]).replace(
+        "<g:id>", "<description><![CDATA[<p>Soft <strong>glaze</strong>.</p><ul><li>12&nbsp;oz</li></ul>]]></description><g:id>"
+    ))
+    assert read_catalog("google-merchant", feed, ProblemLog(), RAW)["MUG-1"].description == "Soft glaze. 12 oz"
 
 
 def test_google_merchant_xml_latin1_declaration_and_broken_xml(tmp_path):
@@ -203,6 +212,9 @@ def test_shopify_groups_rows_by_handle_with_images_in_position_order(tmp_path):
 def test_html_to_text():
     assert html_to_text("<h2>Care</h2><p>Wash&nbsp;at 30&deg;C<br>Do not bleach</p>") == "Care Wash at 30°C Do not bleach"
     assert html_to_text("<style>p {}</style>plain") == "plain"
+    # Only what looks like HTML is converted: plain text keeps its <, & and line breaks.
+    assert plain_text("Hand-thrown &amp; glazed<br/>") == "Hand-thrown & glazed"
+    assert plain_text("Sizes < 40 & > 36,\nAT&T edition") == "Sizes < 40 & > 36,\nAT&T edition"
 
 
 # --- csv with a column mapping ----------------------------------------------------------
@@ -234,6 +246,20 @@ def test_mapped_tsv_with_image_and_category_separators(tmp_path):
     assert [(p.kind, p.line, p.message) for p in problems.problems] == [
         ("malformed row", 4, "field 'images' must be a non-empty list")
     ]
+
+
+def test_mapped_csv_descriptions_in_html_or_with_literal_line_breaks_are_plain_text(tmp_path):
+    write_images(tmp_path, ["images/a.jpg"])
+    path = tmp_path / "wc-product-export.csv"
+    rows = [["ID", "Name", "Description", "Images"],
+            ["1", "Hoodie", "<h2>Details</h2>\\n<ul>\\n<li>80% cotton</li>\\n</ul>", "images/a.jpg"],
+            ["2", "Mug", "Hand-thrown.\\nDishwasher safe.", "images/a.jpg"]]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    mapping = ColumnMapping.from_dict({"id": "ID", "title": "Name", "description": "Description", "images": "Images"})
+    catalog = read_catalog("csv", path, ProblemLog(), ReaderOptions(columns=mapping, normalise=False))
+    assert catalog["1"].description == "Details 80% cotton"
+    assert catalog["2"].description == "Hand-thrown.\nDishwasher safe."
 
 
 def test_column_mapping_errors_name_the_key(tmp_path):

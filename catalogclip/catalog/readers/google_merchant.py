@@ -22,6 +22,7 @@ from catalogclip.catalog.readers.base import (
     csv_rows,
     group_variants,
 )
+from catalogclip.catalog.readers.html import plain_text
 from catalogclip.catalog.schema import products_from_rows
 from catalogclip.catalog.textfile import text_lines
 
@@ -62,7 +63,7 @@ def raw_product(fields: dict[str, list[str]]) -> dict:
         "id": first.get("id", ""),
         "group": first.get("item_group_id") or first.get("id", ""),
         "title": first.get("title", ""),
-        "description": first.get("description", ""),
+        "description": plain_text(first.get("description", "")),  # often HTML, in CDATA or not
         "images": [url for url in dict.fromkeys(images) if url],
         "attributes": {name: first[name] for name in ATTRIBUTES if first.get(name)},
         "category_path": category_path(fields),

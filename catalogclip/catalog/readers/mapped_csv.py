@@ -26,6 +26,7 @@ from catalogclip.catalog.readers.base import (
     csv_rows,
     parse_delimiter,
 )
+from catalogclip.catalog.readers.html import plain_text
 from catalogclip.catalog.schema import products_from_rows
 
 LIST_FIELDS = ("images", "category")
@@ -91,6 +92,12 @@ def _split(text: str, sep: str | None) -> list[str]:
     return text.split(sep) if sep else [text]
 
 
+def description_text(text: str) -> str:
+    """A description cell as plain text: WooCommerce writes line breaks as a literal `\\n`,
+    shops write HTML (see `plain_text`)."""
+    return plain_text(text.replace("\\n", "\n"))
+
+
 def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
     images = [part.strip() for column in mapping.images for part in _split(row[column], mapping.image_sep)]
     levels = [part for column in mapping.category for part in _split(row[column], mapping.category_sep)]
@@ -100,7 +107,7 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
     return {
         "id": row[mapping.id],
         "title": row[mapping.title],
-        "description": row[mapping.description] if mapping.description else "",
+        "description": description_text(row[mapping.description]) if mapping.description else "",
         "images": [image for image in images if image],
         "attributes": {name: value.strip() for name, value in attributes.items() if value.strip()},
         "category_path": category_path(levels),

@@ -6,51 +6,17 @@ One product per Handle, as for Google's item_group_id (see `merge_variants`).
 """
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
 
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, merge_variants
+from catalogclip.catalog.readers.html import html_to_text
 from catalogclip.catalog.schema import join_values, products_from_rows
 
 REQUIRED = ("Handle", "Title", "Image Src")
 OPTIONS = (1, 2, 3)
 NO_VARIANTS = ("Title", "Default Title")  # the option Shopify writes for a product without variants
-
-
-class _HtmlText(HTMLParser):
-    BLOCKS = {"p", "br", "div", "li", "ul", "ol", "tr", "td", "h1", "h2", "h3", "h4", "h5", "h6"}
-    HIDDEN = {"script", "style"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag in self.HIDDEN:
-            self.hidden += 1
-        elif tag in self.BLOCKS:
-            self.parts.append(" ")  # block elements separate words: "<p>a</p><p>b</p>" is "a b"
-
-    def handle_endtag(self, tag) -> None:
-        if tag in self.HIDDEN:
-            self.hidden = max(0, self.hidden - 1)
-        elif tag in self.BLOCKS:
-            self.parts.append(" ")
-
-    def handle_data(self, data) -> None:
-        if not self.hidden:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML fragment, whitespace collapsed ("<p>Soft&nbsp;cotton</p>" -> "Soft cotton")."""
-    parser = _HtmlText()
-    parser.feed(html)
-    parser.close()
-    return " ".join("".join(parser.parts).split())
 
 
 def _attributes(row: dict, option_names: list[str]) -> dict[str, str]:
