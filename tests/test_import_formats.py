@@ -112,6 +112,25 @@ def test_google_merchant_xml_cdata_html_description_is_plain_text(tmp_path):
     assert read_catalog("google-merchant", feed, ProblemLog(), RAW)["MUG-1"].description == "Soft glaze. 12 oz"
 
 
+def test_google_merchant_additional_images_one_url_per_xml_element_comma_separated_in_tsv(tmp_path):
+    cloudinary = "https://res.example/upload/w_600,h_600,c_fill/back.jpg"
+    fields = {name: "" for name in GOOGLE_FIELDS} | {"id": "M", "title": "Mug", "image_link": "https://res.example/a.jpg"}
+    feed = tmp_path / "feed.xml"
+    feed.write_text(google_xml([list(fields.values())]).replace(
+        "</item>", f"<g:additional_image_link>{cloudinary}</g:additional_image_link></item>"
+    ))
+    no_download = ReaderOptions(normalise=False, check_images=False)
+    assert [i.path for i in read_catalog("google-merchant", feed, ProblemLog(), no_download)["M"].images] == [
+        "https://res.example/a.jpg", cloudinary
+    ]
+    tsv = tmp_path / "feed.tsv"
+    fields["additional_image_link"] = f"https://res.example/b.jpg,{cloudinary}"
+    tsv.write_text("\t".join(fields) + "\n" + "\t".join(fields.values()) + "\n")
+    assert [i.path for i in read_catalog("google-merchant", tsv, ProblemLog(), no_download)["M"].images] == [
+        "https://res.example/a.jpg", "https://res.example/b.jpg", cloudinary
+    ]
+
+
 def test_google_merchant_xml_latin1_declaration_and_broken_xml(tmp_path):
     write_images(tmp_path, GOOGLE_IMAGES)
     feed = tmp_path / "feed.xml"
@@ -260,6 +279,39 @@ def test_mapped_csv_descriptions_in_html_or_with_literal_line_breaks_are_plain_t
     catalog = read_catalog("csv", path, ProblemLog(), ReaderOptions(columns=mapping, normalise=False))
     assert catalog["1"].description == "Details 80% cotton"
     assert catalog["2"].description == "Hand-thrown.\nDishwasher safe."
+
+
+def test_mapped_csv_image_cells_in_every_shape_an_export_writes(tmp_path):
+    write_images(tmp_path, ["images/a.jpg", "images/b.jpg", "images/shirt red.jpg"])
+    cloudinary = "https://res.example/upload/w_600,h_600,c_fill/x.jpg"
+    cells = {
+        "json": ('["images/a.jpg", "images/b.jpg"]', ""),
+        "windows": ("images\\shirt red.jpg", ""),
+        "pipes": ("images/a.jpg|images/b.jpg", ""),
+        "semicolons": ("images/a.jpg; images/b.jpg", ""),
+        "magento": ("images/a.jpg", "images/a.jpg,images/b.jpg"),  # base image again among the additional ones
+        "urls": (f"{cloudinary}, https://res.example/y.jpg", ""),
+        "comma-in-name": ("images/shirt red.jpg", "images/x, y"),  # not a list: one (missing) image
+        "broken": ('["images/a.jpg"', ""),
+    }
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["sku", "name", "base_image", "additional_images"],
+                                  *([sku, sku.title(), *images] for sku, images in cells.items())])
+    mapping = ColumnMapping.from_dict({"id": "sku", "title": "name", "images": ["base_image", "additional_images"]})
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=mapping, normalise=False, check_images=False))
+    paths = {p.id: [image.path for image in p.images] for p in catalog}
+    assert paths == {
+        "json": ["images/a.jpg", "images/b.jpg"],
+        "windows": ["images/shirt red.jpg"],
+        "pipes": ["images/a.jpg", "images/b.jpg"],
+        "semicolons": ["images/a.jpg", "images/b.jpg"],
+        "magento": ["images/a.jpg", "images/b.jpg"],
+        "urls": [cloudinary, "https://res.example/y.jpg"],
+        "comma-in-name": ["images/shirt red.jpg", "images/x, y"],
+    }
+    assert [(p.line, p.message) for p in problems.problems] == [(9, "field 'base_image' is not a JSON list")]
 
 
 def test_column_mapping_errors_name_the_key(tmp_path):

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from catalogclip.catalog.paths import is_url
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Row, join_values
+from catalogclip.catalog.schema import Row, RowError, join_values
 from catalogclip.catalog.textfile import text_lines
 from catalogclip.registry import Registry
 
@@ -148,6 +150,61 @@ def _fit(fields: list[str], header: list[str], layout: CsvLayout) -> dict | None
     if surplus > 0:
         row[EXTRA_FIELDS] = fields[len(header):]
     return row
+
+
+IMAGE_SEPARATORS = ("|", ";", ",")
+"""What separates the images of one cell, tried in this order (see `image_list`)."""
+_FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{2,5}$")
+
+
+def json_list(text: str, column: str) -> list:
+    """A cell holding a JSON list (empty: []); RowError naming the column when it is not one."""
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list):
+        raise RowError(f"field '{column}' is not a JSON list")
+    return value
+
+
+def image_cell(text: str, column: str, sep: str | None = None) -> list[str]:
+    """The images one cell names, in every shape exports use: a JSON list (`["a.jpg", "b.jpg"]`),
+    one path or URL, or several separated (see `image_list`). RowError for a broken JSON list."""
+    text = text.strip()
+    if text.startswith("["):
+        return list(dict.fromkeys(_image_path(str(entry)) for entry in json_list(text, column) if str(entry).strip()))
+    return image_list(text, sep)
+
+
+def image_list(text: str, sep: str | None = None) -> list[str]:
+    """The images of a cell separated by `sep` (None: the first of `IMAGE_SEPARATORS` that splits
+    it, see `_split_at`), each once, Windows `\\` as `/`."""
+    separators = (sep,) if sep else IMAGE_SEPARATORS
+    text = text.strip(" " + "".join(separators))
+    pieces = [text]
+    for candidate in separators:
+        pieces = _split_at(text, candidate)
+        if len(pieces) > 1:
+            break
+    return list(dict.fromkeys(_image_path(piece) for piece in pieces if piece.strip()))
+
+
+def _split_at(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` where each piece stands alone as an image, else [text]. In a list of
+    URLs a separator counts only before the next URL, so the commas of Cloudinary's
+    `.../w_600,h_600/x.jpg` stay; in a list of paths every piece must end in a file extension."""
+    if is_url(text):
+        return re.split(rf"{re.escape(sep)}\s*(?=https?://)", text)
+    pieces = [piece.strip() for piece in text.split(sep)]
+    return pieces if all(_FILE_SUFFIX.search(piece) and not is_url(piece) for piece in pieces) else [text]
+
+
+def _image_path(entry: str) -> str:
+    entry = entry.strip()
+    return entry if is_url(entry) else entry.replace("\\", "/")  # images\a.jpg from a Windows shop
 
 
 def group_variants(items: Iterable[tuple[int, dict]]) -> Iterator[tuple[int, dict]]:

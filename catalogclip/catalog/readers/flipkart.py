@@ -8,7 +8,15 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, resolve_image_dir
+from catalogclip.catalog.readers.base import (
+    READERS,
+    ReaderOptions,
+    Source,
+    csv_rows,
+    image_cell,
+    json_list,
+    resolve_image_dir,
+)
 from catalogclip.catalog.schema import RowError, products_from_rows
 
 COLUMNS = ("uniq_id", "product_name", "product_category_tree", "image")
@@ -59,7 +67,7 @@ def _names_product(node: str, product_name: str) -> bool:
 
 def category_from_tree(text: str, product_name: str) -> list[str]:
     """`["A >> B >> C"]` as ["A", "B", "C"], without a last node naming the product itself."""
-    tree = _json_list(text, "product_category_tree")
+    tree = json_list(text, "product_category_tree")
     nodes = [node.strip() for node in " >> ".join(map(str, tree)).split(">>") if node.strip()]
     if nodes and _names_product(nodes[-1], product_name):
         nodes.pop()
@@ -67,24 +75,11 @@ def category_from_tree(text: str, product_name: str) -> list[str]:
 
 
 def image_names(text: str) -> list[str]:
-    """File names in the `image` column, duplicates removed. The column comes in three shapes:
-    a JSON list of URLs, one URL, or a bare file name; a URL counts by its file name."""
-    text = text.strip()
-    entries = _json_list(text, "image") if text.startswith("[") else [text]
-    names = (PurePosixPath(urlsplit(str(entry).strip()).path).name for entry in entries)
+    """File names in the `image` column, duplicates removed. The column comes in three shapes
+    (see `image_cell`): a JSON list of URLs, one URL, or a bare file name; a URL counts by its
+    file name."""
+    names = (PurePosixPath(urlsplit(entry).path).name for entry in image_cell(text, "image"))
     return list(dict.fromkeys(name for name in names if name))
-
-
-def _json_list(text: str, column: str) -> list:
-    if not text.strip():
-        return []
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, list):
-        raise RowError(f"field '{column}' is not a JSON list")
-    return value
 
 
 def _raw_products(

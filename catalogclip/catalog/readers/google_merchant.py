@@ -21,6 +21,7 @@ from catalogclip.catalog.readers.base import (
     Source,
     csv_rows,
     group_variants,
+    image_list,
 )
 from catalogclip.catalog.readers.html import plain_text
 from catalogclip.catalog.schema import products_from_rows
@@ -56,9 +57,7 @@ def category_path(fields: dict[str, list[str]]) -> list[str]:
 def raw_product(fields: dict[str, list[str]]) -> dict:
     """One feed item ({field: [values]}) as a raw canonical product."""
     first = {name: next((v.strip() for v in values if v.strip()), "") for name, values in fields.items()}
-    images = [first.get("image_link", "")]
-    for value in fields.get("additional_image_link", []):  # XML repeats the element; TSV separates by commas
-        images += [url.strip() for url in value.split(",")]
+    images = [first.get("image_link", ""), *(url.strip() for url in fields.get("additional_image_link", []))]
     return {
         "id": first.get("id", ""),
         "group": first.get("item_group_id") or first.get("id", ""),
@@ -72,7 +71,10 @@ def raw_product(fields: dict[str, list[str]]) -> dict:
 
 def _tsv_items(path: Path, problems: ProblemLog, encoding: str) -> Iterator[tuple[int, dict]]:
     for line, row in csv_rows(path, REQUIRED, problems, encoding, TSV_LAYOUT, header=field_name):
-        yield line, raw_product({name: [value] for name, value in row.items()})
+        fields = {name: [value] for name, value in row.items()}
+        # XML repeats the element, one URL each; TSV separates the URLs by commas
+        fields["additional_image_link"] = image_list(row.get("additional_image_link", ""), ",")
+        yield line, raw_product(fields)
 
 
 def _declared_encoding(path: Path) -> str:

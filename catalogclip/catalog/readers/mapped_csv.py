@@ -4,7 +4,7 @@
     title: name
     description: details
     images: pictures          # one column, or a list of columns
-    image_sep: ";"            # several images in one cell (default: one per cell)
+    image_sep: ";"            # several images in one cell (default: the first of | ; , that splits it safely)
     category: department      # one column (split by category_sep), or a list of columns, one per level
     category_sep: ">"
     brand: maker
@@ -24,10 +24,11 @@ from catalogclip.catalog.readers.base import (
     Source,
     category_path,
     csv_rows,
+    image_cell,
     parse_delimiter,
 )
 from catalogclip.catalog.readers.html import plain_text
-from catalogclip.catalog.schema import products_from_rows
+from catalogclip.catalog.schema import RowError, products_from_rows
 
 LIST_FIELDS = ("images", "category")
 
@@ -38,7 +39,7 @@ class ColumnMapping:
     title: str
     images: tuple[str, ...]
     description: str | None = None
-    image_sep: str | None = None
+    image_sep: str | None = None  # None: see `image_list`
     category: tuple[str, ...] = ()
     category_sep: str | None = None
     brand: str | None = None
@@ -99,7 +100,7 @@ def description_text(text: str) -> str:
 
 
 def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
-    images = [part.strip() for column in mapping.images for part in _split(row[column], mapping.image_sep)]
+    images = [image for column in mapping.images for image in image_cell(row[column], column, mapping.image_sep)]
     levels = [part for column in mapping.category for part in _split(row[column], mapping.category_sep)]
     attributes = {name: row[column] for name, column in mapping.attributes.items()}
     if mapping.brand:
@@ -108,7 +109,7 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
         "id": row[mapping.id],
         "title": row[mapping.title],
         "description": description_text(row[mapping.description]) if mapping.description else "",
-        "images": [image for image in images if image],
+        "images": list(dict.fromkeys(images)),  # Magento names its base image again among the additional ones
         "attributes": {name: value.strip() for name, value in attributes.items() if value.strip()},
         "category_path": category_path(levels),
     }
@@ -116,7 +117,10 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
 
 def _products(path: Path, mapping: ColumnMapping, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
     for line, row in csv_rows(path, mapping.columns(), problems, encoding, CsvLayout(mapping.delimiter)):
-        yield line, raw_product(row, mapping)
+        try:
+            yield line, raw_product(row, mapping)
+        except RowError as exc:  # a broken JSON list of images
+            problems.add("malformed row", path, line, str(exc))
 
 
 @READERS.register("csv")
