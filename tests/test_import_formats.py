@@ -91,6 +91,17 @@ def google_xml(items: list[list[str]]) -> str:
             f"<channel>\n<title>Shop</title>\n{body}\n</channel>\n</rss>\n")
 
 
+def test_google_merchant_tsv_several_product_types_give_the_first_path(tmp_path):
+    write_images(tmp_path, ["images/mug.jpg"])
+    feed = tmp_path / "feed.tsv"
+    feed.write_text("id\ttitle\timage_link\tproduct_type\tgoogle_product_category\n"
+                    "S1\tShirt\timages/mug.jpg\tMen > Shirts, Sale > Shirts\t\n"
+                    "F1\tTea\timages/mug.jpg\t\tFood, Beverages & Tobacco > Beverages > Tea & Infusions\n")
+    catalog = read_catalog("google-merchant", feed, ProblemLog(), RAW)
+    assert catalog["S1"].category_path == ["Men", "Shirts"]
+    assert catalog["F1"].category_path == ["Food, Beverages & Tobacco", "Beverages", "Tea & Infusions"]
+
+
 def test_google_merchant_xml_rss_reads_the_same_feed(tmp_path):
     write_images(tmp_path, GOOGLE_IMAGES)
     feed = tmp_path / "feed.xml"
@@ -312,6 +323,25 @@ def test_mapped_csv_image_cells_in_every_shape_an_export_writes(tmp_path):
         "comma-in-name": ["images/shirt red.jpg", "images/x, y"],
     }
     assert [(p.line, p.message) for p in problems.problems] == [(9, "field 'base_image' is not a JSON list")]
+
+
+@pytest.mark.parametrize(
+    ("cell", "sep", "path"),
+    [
+        ("Clothing > Hoodies, Sale", ">", ["Clothing", "Hoodies"]),  # WooCommerce
+        ("Default Category/Gear/Bags,Default Category/Collections/New Luggage", "/", ["Default Category", "Gear", "Bags"]),
+        ("Food, Beverages & Tobacco > Beverages", ">", ["Food, Beverages & Tobacco", "Beverages"]),  # one path
+        ("Clothing > Shirts\\, Tops & Tees, Sale", ">", ["Clothing", "Shirts, Tops & Tees"]),  # WooCommerce's escaped comma
+    ],
+)
+def test_mapped_csv_category_cell_naming_several_paths_gives_the_first(tmp_path, cell, sep, path):
+    write_images(tmp_path, ["a.jpg"])
+    export = tmp_path / "export.csv"
+    with export.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["sku", "name", "image", "categories"], ["1", "Bag", "a.jpg", cell]])
+    mapping = ColumnMapping.from_dict({"id": "sku", "title": "name", "images": "image", "category": "categories",
+                                       "category_sep": sep})
+    assert read_catalog("csv", export, ProblemLog(), ReaderOptions(columns=mapping))["1"].category_path == path
 
 
 def test_column_mapping_errors_name_the_key(tmp_path):

@@ -242,6 +242,20 @@ def resolve_image_dir(options: ReaderOptions, default: Path) -> Path:
     return (options.image_dir if options.image_dir is not None else default).resolve()
 
 
+_PATHS_COMMA = re.compile(r"(?<!\\),")  # WooCommerce writes a comma inside a name as "\,"
+
+
+def first_path(text: str, sep: str) -> list[str]:
+    """The levels of the first category path of a cell that may name several, comma-separated
+    (WooCommerce `Clothing > Hoodies, Sale`, Magento `Gear/Bags,Collections/New`, Google's
+    product_type `Men > Shirts, Sale > Shirts`): one path is what the schema holds. A comma
+    separates paths only when the text before it is a path (holds `sep`), so
+    `Food, Beverages & Tobacco > Drinks` stays one path."""
+    first = _PATHS_COMMA.split(text)[0]
+    path = first if sep in first else text
+    return [level.strip().replace("\\,", ",") for level in path.split(sep)]
+
+
 def category_path(levels: Iterable[str | None]) -> list[str]:
     """The category levels up to the first empty one: a gap would put a node under the wrong parent."""
     path = []

@@ -20,6 +20,7 @@ from catalogclip.catalog.readers.base import (
     ReaderOptions,
     Source,
     csv_rows,
+    first_path,
     group_variants,
     image_list,
 )
@@ -44,11 +45,13 @@ def field_name(name: str) -> str:
 
 
 def category_path(fields: dict[str, list[str]]) -> list[str]:
-    """The shop's own `product_type` path when there is one, else the Google taxonomy path
-    (a numeric taxonomy id has no names to offer: no path)."""
+    """The shop's own `product_type` path when there is one (the first of several), else the
+    Google taxonomy path (a numeric taxonomy id has no names to offer: no path; its names may
+    hold commas, "Food, Beverages & Tobacco", and it is one path)."""
     for name in ("product_type", "google_product_category"):
         for value in fields.get(name, []):
-            path = [node.strip() for node in value.split(">") if node.strip()]
+            levels = first_path(value, ">") if name == "product_type" else value.split(">")
+            path = [node.strip() for node in levels if node.strip()]
             if path and not (len(path) == 1 and path[0].isdigit()):
                 return path
     return []

@@ -6,7 +6,7 @@
     images: pictures          # one column, or a list of columns
     image_sep: ";"            # several images in one cell (default: the first of | ; , that splits it safely)
     category: department      # one column (split by category_sep), or a list of columns, one per level
-    category_sep: ">"
+    category_sep: ">"         # a cell naming several paths ("A > B, C") gives its first (see `first_path`)
     brand: maker
     attributes: [colour, size]   # columns kept as attributes, by their names (or {name: column})
 """
@@ -24,6 +24,7 @@ from catalogclip.catalog.readers.base import (
     Source,
     category_path,
     csv_rows,
+    first_path,
     image_cell,
     parse_delimiter,
 )
@@ -89,10 +90,6 @@ def load_mapping(path: Path) -> dict:
     return data
 
 
-def _split(text: str, sep: str | None) -> list[str]:
-    return text.split(sep) if sep else [text]
-
-
 def description_text(text: str) -> str:
     """A description cell as plain text: WooCommerce writes line breaks as a literal `\\n`,
     shops write HTML (see `plain_text`)."""
@@ -101,7 +98,8 @@ def description_text(text: str) -> str:
 
 def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
     images = [image for column in mapping.images for image in image_cell(row[column], column, mapping.image_sep)]
-    levels = [part for column in mapping.category for part in _split(row[column], mapping.category_sep)]
+    sep = mapping.category_sep
+    levels = [level for column in mapping.category for level in (first_path(row[column], sep) if sep else [row[column]])]
     attributes = {name: row[column] for name, column in mapping.attributes.items()}
     if mapping.brand:
         attributes["brand"] = row[mapping.brand]
