@@ -43,10 +43,20 @@ def test_product_from_json_accepts_both_image_forms():
     )
 
 
+def test_product_from_json_takes_numbers_bools_and_lists_as_attribute_text():
+    attributes = {"capacity_oz": 12, "weight_kg": 0.5, "organic": True, "colour": ["Red", "Blue", "", "Red"],
+                  "size": [38, 40.5], "tags": []}
+    product = product_from_json({"id": "p", "title": "T", "images": ["a.jpg"], "attributes": attributes})
+    assert product.attributes == {"capacity_oz": "12", "weight_kg": "0.5", "organic": "true",
+                                  "colour": "Red | Blue", "size": "38 | 40.5"}
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
         ({"id": "p", "title": "", "images": ["a.jpg"]}, "field 'title' is empty"),
+        ({"id": "p", "title": "T", "images": ["a.jpg"], "attributes": {"fit": [{"x": 1}]}},
+         "field 'attributes.fit[0]' must be a string, got dict"),
         ({"id": "p", "title": "T", "images": []}, "field 'images' must be a non-empty list"),
         ({"title": "T", "images": ["a.jpg"]}, "field 'id' is empty"),
         ({"id": "p", "title": "T", "images": [{"path": "a.jpg", "bbox": [5, 5, 1, 9]}]}, "x1 <= x0"),

@@ -226,6 +226,21 @@ def _as_str(value, field_name: str, *name_args, allow_empty: bool = False) -> st
     raise RowError(f"field '{field_name % name_args}' is empty")
 
 
+def _attribute_text(value, key: str) -> str:
+    """An attribute value as text: a list as a multi-value ("Red | Blue"), a number or bool as
+    JSON writes it (12, 0.5, true): a shop's JSON says `"weight_kg": 0.5`, not `"0.5"`."""
+    if isinstance(value, list):
+        items = (_scalar_text(item, "attributes.%s[%d]", key, i, allow_empty=True) for i, item in enumerate(value))
+        return join_values(items)
+    return _scalar_text(value, "attributes.%s", key)
+
+
+def _scalar_text(value, field_name: str, *name_args, allow_empty: bool = False) -> str:
+    if isinstance(value, (bool, float)):
+        return json.dumps(value)
+    return _as_str(value, field_name, *name_args, allow_empty=allow_empty)
+
+
 def _parse_image(raw, index: int) -> ImageRef:
     where = f"images[{index}]"
     if isinstance(raw, str):
@@ -271,9 +286,9 @@ def product_from_json(raw) -> Product:
         description=_checked_text(raw.get("description"), "description", allow_empty=True),
         images=[_parse_image(im, i) for i, im in enumerate(images)],
         attributes={
-            _as_str(k, "attributes key"): _as_str(v, "attributes.%s", k)
+            _as_str(k, "attributes key"): text
             for k, v in attributes.items()
-            if v not in (None, "")
+            if v not in (None, "") and (text := _attribute_text(v, k))
         },
         category_path=[_as_str(c, "category_path[%d]", i) for i, c in enumerate(category)],
     )
