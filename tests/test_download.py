@@ -115,7 +115,9 @@ def test_import_downloads_each_url_once_reports_failures_and_resumes(server, tmp
     assert Handler.hits[f"/good.jpg"] == 1
     failures = {(p.line, p.kind): p.message for p in problems.problems}
     assert set(failures) == {(2, "download failed"), (3, "download failed"), (4, "download failed"), (5, "download failed")}
-    assert failures[2, "download failed"] == f"{server}/missing.jpg: HTTP 404 (product 'A' kept with 1 of 2 images)"
+    assert failures[2, "download failed"] == (
+        f"{server}/missing.jpg (from 'additional_image_link'): HTTP 404 (product 'A' kept with 1 of 2 images)"
+    )
     assert failures[3, "download failed"].endswith("timed out after 2 tries (product 'B' skipped: no usable image)")
     assert "not an image" in failures[4, "download failed"] and "larger than" in failures[5, "download failed"]
     assert all(p.file == str(feed) for p in problems.problems)
@@ -137,7 +139,7 @@ def test_cli_import_caches_beside_out_or_keeps_urls_with_no_download(server, tmp
     assert [r["id"] for r in rows] == ["A", "E"]
     assert rows[0]["images"][0]["path"].startswith("image-cache/")  # beside OUT, relative to it
     assert (out.parent / rows[0]["images"][0]["path"]).read_bytes() == GOOD
-    assert f"{feed}:2: download failed: {server}/missing.jpg: HTTP 404" in result.stderr
+    assert f"{feed}:2: download failed: {server}/missing.jpg (from 'additional_image_link'): HTTP 404" in result.stderr
 
     result = run("import", "-f", "google-merchant", feed, out, "--no-download")
     assert result.exit_code == 0, result.output

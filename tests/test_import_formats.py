@@ -239,6 +239,28 @@ def test_shopify_groups_rows_by_handle_with_images_in_position_order(tmp_path):
     assert problems.problems[1].message == "field 'title' is empty"
 
 
+def test_shopify_image_problems_name_the_image_row_and_its_column(tmp_path):
+    write_images(tmp_path, ["images/tee.jpg"])
+    path = tmp_path / "products_export.csv"
+    rows = [shopify_row("tee", Title="Tee", Body_HTML="<p>Soft.</p>\n<ul>\n<li>Relaxed</li>\n</ul>",
+                        Image_Src="images/tee.jpg", Image_Position="1"),  # lines 2-5
+            shopify_row("tee", Image_Src="images/back.jpg", Image_Position="2"),  # line 6
+            shopify_row("tee", Variant_Image="images/gone.jpg"),  # line 7
+            shopify_row("", Title="Orphan")]  # line 8
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([SHOPIFY_HEADER, *rows])
+    problems = ProblemLog()
+    catalog = read_catalog("shopify", path, problems, RAW)
+    assert catalog.lines == {"tee": 2}  # where the product's first row starts
+    assert [(p.kind, p.line, p.message) for p in problems.problems] == [
+        ("malformed row", 8, "field 'Handle' is empty"),
+        ("missing image", 6, "field 'images[1].path' = 'images/back.jpg' (from 'Image Src'): no such file "
+                             "(product 'tee' kept with 1 of 3 images)"),
+        ("missing image", 7, "field 'images[2].path' = 'images/gone.jpg' (from 'Variant Image'): no such file "
+                             "(product 'tee' kept with 1 of 3 images)"),
+    ]
+
+
 def test_html_to_text():
     assert html_to_text("<h2>Care</h2><p>Wash&nbsp;at 30&deg;C<br>Do not bleach</p>") == "Care Wash at 30°C Do not bleach"
     assert html_to_text("<style>p {}</style>plain") == "plain"

@@ -183,7 +183,7 @@ def localise_images(
         for image in product.images:
             result = results.get(image.path) if is_url(image.path) else None
             if isinstance(result, str):
-                failed.append((DOWNLOAD_FAILED, image.path, result))
+                failed.append((DOWNLOAD_FAILED, image, image.path, result))
             else:
                 usable.append(image if result is None else replace(image, path=str(result)))
         product = drop_images(product, usable, failed, problems, file, line)

@@ -70,7 +70,7 @@ def keep_usable_images(
     are stat-ed (and with `verify` decoded). An image URL (not downloaded) is kept unchecked.
     """
     usable = []
-    dropped: list[tuple[str, str, str]] = []
+    dropped: list[tuple[str, ImageRef, str, str]] = []
     for number, image in enumerate(product.images):
         if is_url(image.path):
             usable.append(image)
@@ -83,7 +83,7 @@ def keep_usable_images(
         if problem is None:
             usable.append(image)
         else:
-            dropped.append((problem[0], f"field 'images[{number}].path' = '{image.path}'", problem[1]))
+            dropped.append((problem[0], image, f"field 'images[{number}].path' = '{image.path}'", problem[1]))
     if not dropped:  # the common case, kept cheap: this runs for every product of a catalog
         return product
     return drop_images(product, usable, dropped, problems, file, line)
@@ -92,13 +92,15 @@ def keep_usable_images(
 def drop_images(
     product: "Product",
     usable: "list[ImageRef]",
-    dropped: list[tuple[str, str, str]],
+    dropped: "list[tuple[str, ImageRef, str, str]]",
     problems: ProblemLog,
     file: str | Path,
     line: int | None,
 ) -> "Product | None":
-    """The product with only its `usable` images; each of `dropped` (kind, image, reason) is
-    logged, saying whether the product was kept. None when no image is left."""
+    """The product with only its `usable` images; each of `dropped` (kind, image, how to name it,
+    reason) is logged, saying whether the product was kept. The line is the image's own with the
+    column (or feed field) it came from when the reader recorded them (`ImageRef.origin`: a
+    Shopify image row is not its product's first row), else `line`. None when no image is left."""
     if not dropped:
         return product if usable == product.images else replace(product, images=usable)
     outcome = (
@@ -106,6 +108,9 @@ def drop_images(
         if usable
         else f"product '{product.id}' skipped: no usable image"
     )
-    for kind, image, reason in dropped:
-        problems.add(kind, file, line, f"{image}: {reason} ({outcome})")
+    for kind, image, name, reason in dropped:
+        if image.origin is None:
+            problems.add(kind, file, line, f"{name}: {reason} ({outcome})")
+        else:
+            problems.add(kind, file, image.origin[0], f"{name} (from '{image.origin[1]}'): {reason} ({outcome})")
     return replace(product, images=usable) if usable else None

@@ -17,7 +17,7 @@ for `split_by_image_tag`; images without one belong to every side.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -50,6 +50,8 @@ class ImageRef:
     bbox: tuple[float, float, float, float] | None = None
     #: the data set's own split of this image (None: the image belongs to every side)
     split: str | None = None
+    #: where an importer found it: (line, column) of the source, for problem lines; never written
+    origin: tuple[int, str] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         out: dict = {"path": self.path, "source": self.source}
@@ -245,6 +247,8 @@ def _parse_image(raw, index: int) -> ImageRef:
     where = f"images[{index}]"
     if isinstance(raw, str):
         return ImageRef(_image_path(raw, where))
+    if isinstance(raw, ImageRef):  # from a reader, with its origin
+        return replace(raw, path=_image_path(raw.path, where))
     if not isinstance(raw, dict):
         raise RowError(f"field '{where}' must be a path or an object")
     source = _as_str(raw.get("source") or "merchant", "%s.source", where)

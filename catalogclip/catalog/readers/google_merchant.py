@@ -25,7 +25,7 @@ from catalogclip.catalog.readers.base import (
     image_list,
 )
 from catalogclip.catalog.readers.html import plain_text
-from catalogclip.catalog.schema import products_from_rows
+from catalogclip.catalog.schema import ImageRef, products_from_rows
 from catalogclip.catalog.textfile import text_lines
 
 G_NS = "http://base.google.com/ns/1.0"
@@ -57,16 +57,19 @@ def category_path(fields: dict[str, list[str]]) -> list[str]:
     return []
 
 
-def raw_product(fields: dict[str, list[str]]) -> dict:
-    """One feed item ({field: [values]}) as a raw canonical product."""
+def raw_product(fields: dict[str, list[str]], line: int) -> dict:
+    """One feed item ({field: [values]}, starting on `line`) as a raw canonical product; each
+    image knows its line and field (a variant's line is not its product's)."""
     first = {name: next((v.strip() for v in values if v.strip()), "") for name, values in fields.items()}
-    images = [first.get("image_link", ""), *(url.strip() for url in fields.get("additional_image_link", []))]
+    urls = [("image_link", first.get("image_link", ""))]
+    urls += [("additional_image_link", url.strip()) for url in fields.get("additional_image_link", [])]
+    images = [ImageRef(url, origin=(line, name)) for name, url in urls if url]
     return {
         "id": first.get("id", ""),
         "group": first.get("item_group_id") or first.get("id", ""),
         "title": first.get("title", ""),
         "description": plain_text(first.get("description", "")),  # often HTML, in CDATA or not
-        "images": [url for url in dict.fromkeys(images) if url],
+        "images": list(dict.fromkeys(images)),
         "attributes": {name: first[name] for name in ATTRIBUTES if first.get(name)},
         "category_path": category_path(fields),
     }
@@ -77,7 +80,7 @@ def _tsv_items(path: Path, problems: ProblemLog, encoding: str) -> Iterator[tupl
         fields = {name: [value] for name, value in row.items()}
         # XML repeats the element, one URL each; TSV separates the URLs by commas
         fields["additional_image_link"] = image_list(row.get("additional_image_link", ""), ",")
-        yield line, raw_product(fields)
+        yield line, raw_product(fields, line)
 
 
 def _declared_encoding(path: Path) -> str:
@@ -109,7 +112,7 @@ def _xml_items(path: Path, problems: ProblemLog, encoding: str | None) -> Iterat
                 for child in element:
                     fields.setdefault(field_name(child.tag), []).append(child.text or "")
                 element.clear()  # keep memory flat on large feeds
-                yield start_line, raw_product(fields)
+                yield start_line, raw_product(fields, start_line)
 
 
 def _is_xml(path: Path) -> bool:

@@ -29,7 +29,7 @@ from catalogclip.catalog.readers.base import (
     parse_delimiter,
 )
 from catalogclip.catalog.readers.html import plain_text
-from catalogclip.catalog.schema import RowError, products_from_rows
+from catalogclip.catalog.schema import ImageRef, RowError, products_from_rows
 
 LIST_FIELDS = ("images", "category")
 
@@ -96,8 +96,12 @@ def description_text(text: str) -> str:
     return plain_text(text.replace("\\n", "\n"))
 
 
-def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
-    images = [image for column in mapping.images for image in image_cell(row[column], column, mapping.image_sep)]
+def raw_product(row: Mapping[str, str], mapping: ColumnMapping, line: int) -> dict:
+    images = [
+        ImageRef(path, origin=(line, column))
+        for column in mapping.images
+        for path in image_cell(row[column], column, mapping.image_sep)
+    ]
     sep = mapping.category_sep
     levels = [level for column in mapping.category for level in (first_path(row[column], sep) if sep else [row[column]])]
     attributes = {name: row[column] for name, column in mapping.attributes.items()}
@@ -116,7 +120,7 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping) -> dict:
 def _products(path: Path, mapping: ColumnMapping, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
     for line, row in csv_rows(path, mapping.columns(), problems, encoding, CsvLayout(mapping.delimiter)):
         try:
-            yield line, raw_product(row, mapping)
+            yield line, raw_product(row, mapping, line)
         except RowError as exc:  # a broken JSON list of images
             problems.add("malformed row", path, line, str(exc))
 

@@ -12,7 +12,7 @@ from typing import Iterator
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import READERS, ReaderOptions, Source, csv_rows, merge_variants
 from catalogclip.catalog.readers.html import html_to_text
-from catalogclip.catalog.schema import join_values, products_from_rows
+from catalogclip.catalog.schema import ImageRef, join_values, products_from_rows
 
 REQUIRED = ("Handle", "Title", "Image Src")
 OPTIONS = (1, 2, 3)
@@ -32,17 +32,19 @@ def _attributes(row: dict, option_names: list[str]) -> dict[str, str]:
     return {key: value.strip() for key, value in attributes.items() if value and value.strip()}
 
 
-def _images(rows: list[dict]) -> list[str]:
-    """Image Src by Image Position (rows without a position after, in row order), then variant images."""
+def _images(rows: list[tuple[int, dict]]) -> list[ImageRef]:
+    """Image Src by Image Position (rows without a position after, in row order), then variant
+    images; each knows its row and column, for problem lines."""
     positioned = []
-    for order, row in enumerate(rows):
+    for order, (line, row) in enumerate(rows):
         src = (row.get("Image Src") or "").strip()
         if src:
             position = (row.get("Image Position") or "").strip()
-            positioned.append((int(position) if position.isdigit() else len(rows) + order, order, src))
-    images = [src for _, _, src in sorted(positioned)]
-    images += [(row.get("Variant Image") or "").strip() for row in rows]
-    return [image for image in dict.fromkeys(images) if image]
+            key = int(position) if position.isdigit() else len(rows) + order
+            positioned.append((key, order, ImageRef(src, origin=(line, "Image Src"))))
+    images = [image for _, _, image in sorted(positioned)]
+    images += [ImageRef(src, origin=(line, "Variant Image")) for line, row in rows if (src := (row.get("Variant Image") or "").strip())]
+    return list(dict.fromkeys(images))
 
 
 def _category(row: dict) -> list[str]:
@@ -51,9 +53,9 @@ def _category(row: dict) -> list[str]:
     return path or [node for node in [(row.get("Type") or "").strip()] if node]
 
 
-def product_of(handle: str, rows: list[dict]) -> dict:
-    """The raw product of one Handle's rows."""
-    option_names = [(rows[0].get(f"Option{i} Name") or "").strip() for i in OPTIONS]
+def product_of(handle: str, rows: list[tuple[int, dict]]) -> dict:
+    """The raw product of one Handle's rows (with their lines)."""
+    option_names = [(rows[0][1].get(f"Option{i} Name") or "").strip() for i in OPTIONS]
     variants = [
         {
             "title": (row.get("Title") or "").strip(),
@@ -61,21 +63,21 @@ def product_of(handle: str, rows: list[dict]) -> dict:
             "attributes": _attributes(row, option_names),
             "category_path": _category(row),
         }
-        for row in rows
+        for _, row in rows
     ]
     return merge_variants(handle, variants) | {"images": _images(rows)}
 
 
 def _products(path: Path, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
-    handles: dict[str, tuple[int, list[dict]]] = {}
+    handles: dict[str, list[tuple[int, dict]]] = {}
     for line, row in csv_rows(path, REQUIRED, problems, encoding):
         handle = row["Handle"].strip()
         if not handle:
             problems.add("malformed row", path, line, "field 'Handle' is empty")
             continue
-        handles.setdefault(handle, (line, []))[1].append(row)
-    for handle, (line, rows) in handles.items():
-        yield line, product_of(handle, rows)
+        handles.setdefault(handle, []).append((line, row))
+    for handle, rows in handles.items():
+        yield rows[0][0], product_of(handle, rows)
 
 
 @READERS.register("shopify")
