@@ -366,6 +366,23 @@ def test_mapped_csv_category_cell_naming_several_paths_gives_the_first(tmp_path,
     assert read_catalog("csv", export, ProblemLog(), ReaderOptions(columns=mapping))["1"].category_path == path
 
 
+def test_mapped_csv_image_dir_takes_magento_rooted_paths_and_stays_confined(tmp_path):
+    write_images(tmp_path, ["media/m/b/mb01.jpg", "secret.jpg"])
+    path = tmp_path / "export" / "catalog_product.csv"
+    path.parent.mkdir()
+    path.write_text("sku,name,base_image\nMB01,Bag,/m/b/mb01.jpg\nX,Sneaky,/m/../../secret.jpg\n")
+    mapping = ColumnMapping.from_dict({"id": "sku", "title": "name", "images": "base_image"})
+    problems = ProblemLog()
+    catalog = read_catalog("csv", path, problems, ReaderOptions(columns=mapping, image_dir=tmp_path / "media"))
+    assert [p.id for p in catalog] == ["MB01"]
+    assert catalog.image_path(catalog["MB01"].images[0]) == tmp_path / "media" / "m" / "b" / "mb01.jpg"
+    assert [(p.kind, p.line) for p in problems.problems] == [("image outside the catalog root", 3)]
+
+    problems = ProblemLog()  # without --image-dir a rooted path is outside the export's folder
+    assert not len(read_catalog("csv", path, problems, ReaderOptions(columns=mapping)))
+    assert [p.kind for p in problems.problems] == ["image outside the catalog root"] * 2
+
+
 def test_column_mapping_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="which column is 'images'"):
         ColumnMapping.from_dict({"id": "a", "title": "b"})

@@ -24,7 +24,8 @@ def import_catalog(
     image_dir: Path | None = typer.Option(
         None,
         "--image-dir",
-        help="myntra/flipkart: folder of the image files (default: SRC's images/); "
+        help="myntra/flipkart: folder of the image files (default: SRC's images/); csv: the folder image "
+        "paths start from, rooted ones (/m/b/x.jpg) too (default: SRC's folder); "
         "fashiongen: folder to extract images into (default: images/ beside OUT).",
     ),
     check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Drop images that do not exist."),

@@ -32,6 +32,7 @@ class ReaderOptions:
     """Settings for readers; each reader uses the ones that concern its format."""
 
     # flipkart, myntra: folder holding the image files (default: `images/` beside the source);
+    # csv: the folder image paths start from, rooted ones too (default: the source's folder);
     # fashiongen: folder the embedded images are extracted into (required).
     image_dir: Path | None = None
     brand_stop_words: tuple[str, ...] = BRAND_STOP_WORDS  # myntra

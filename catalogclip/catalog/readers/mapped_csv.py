@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from catalogclip.catalog.paths import is_url
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers.base import (
     READERS,
@@ -96,9 +97,15 @@ def description_text(text: str) -> str:
     return plain_text(text.replace("\\n", "\n"))
 
 
-def raw_product(row: Mapping[str, str], mapping: ColumnMapping, line: int) -> dict:
+def _located(path: str, image_dir: Path | None) -> str:
+    """`path` inside `image_dir` (--image-dir) when one is given, a rooted path too: Magento names
+    its images from its media folder (`/m/b/x.jpg`). Confinement still applies to the result."""
+    return path if image_dir is None or is_url(path) else str(image_dir / path.lstrip("/"))
+
+
+def raw_product(row: Mapping[str, str], mapping: ColumnMapping, line: int, image_dir: Path | None = None) -> dict:
     images = [
-        ImageRef(path, origin=(line, column))
+        ImageRef(_located(path, image_dir), origin=(line, column))
         for column in mapping.images
         for path in image_cell(row[column], column, mapping.image_sep)
     ]
@@ -117,20 +124,23 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping, line: int) -> di
     }
 
 
-def _products(path: Path, mapping: ColumnMapping, problems: ProblemLog, encoding: str | None) -> Iterator[tuple[int, dict]]:
-    for line, row in csv_rows(path, mapping.columns(), problems, encoding, CsvLayout(mapping.delimiter)):
+def _products(path: Path, problems: ProblemLog, options: ReaderOptions) -> Iterator[tuple[int, dict]]:
+    mapping = options.columns
+    image_dir = options.image_dir.resolve() if options.image_dir is not None else None
+    for line, row in csv_rows(path, mapping.columns(), problems, options.encoding, CsvLayout(mapping.delimiter)):
         try:
-            yield line, raw_product(row, mapping, line)
+            yield line, raw_product(row, mapping, line, image_dir)
         except RowError as exc:  # a broken JSON list of images
             problems.add("malformed row", path, line, str(exc))
 
 
 @READERS.register("csv")
 def read_mapped_csv(src: Path, problems: ProblemLog, options: ReaderOptions) -> Source:
-    """SRC is the CSV/TSV file; `options.columns` says which columns are what."""
+    """SRC is the CSV/TSV file; `options.columns` says which columns are what; image paths start
+    from SRC's folder, or from `options.image_dir`."""
     if options.columns is None:
         raise ValueError("csv: a column mapping is required (--columns FILE.yaml or --column id=COL --column title=COL --column images=COL)")
     if src.is_dir():
         raise ValueError(f"{src}: is a folder, expected a CSV or TSV file")
-    raw = _products(src, options.columns, problems, options.encoding)
+    raw = _products(src, problems, options)
     return Source(src, src.parent, products_from_rows(raw, src, problems))
