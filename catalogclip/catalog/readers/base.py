@@ -199,7 +199,7 @@ def _split_at(text: str, sep: str) -> list[str]:
     `.../w_600,h_600/x.jpg` stay; in a list of paths every piece must end in a file extension."""
     if is_url(text):
         return re.split(rf"{re.escape(sep)}\s*(?=https?://)", text)
-    pieces = [piece.strip() for piece in text.split(sep)]
+    pieces = [piece.strip() for piece in text.split(sep) if piece.strip()]
     return pieces if all(_FILE_SUFFIX.search(piece) and not is_url(piece) for piece in pieces) else [text]
 
 

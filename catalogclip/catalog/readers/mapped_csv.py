@@ -110,7 +110,9 @@ def raw_product(row: Mapping[str, str], mapping: ColumnMapping, line: int, image
         for path in image_cell(row[column], column, mapping.image_sep)
     ]
     sep = mapping.category_sep
-    levels = [level for column in mapping.category for level in (first_path(row[column], sep) if sep else [row[column]])]
+    levels = [
+        level for column in mapping.category for level in (first_path(row[column], sep) if sep else [row[column]])
+    ]
     attributes = {name: row[column] for name, column in mapping.attributes.items()}
     if mapping.brand:
         attributes["brand"] = row[mapping.brand]

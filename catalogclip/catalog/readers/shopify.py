@@ -43,7 +43,10 @@ def _images(rows: list[tuple[int, dict]]) -> list[ImageRef]:
             key = int(position) if position.isdigit() else len(rows) + order
             positioned.append((key, order, ImageRef(src, origin=(line, "Image Src"))))
     images = [image for _, _, image in sorted(positioned)]
-    images += [ImageRef(src, origin=(line, "Variant Image")) for line, row in rows if (src := (row.get("Variant Image") or "").strip())]
+    for line, row in rows:
+        src = (row.get("Variant Image") or "").strip()
+        if src:
+            images.append(ImageRef(src, origin=(line, "Variant Image")))
     return list(dict.fromkeys(images))
 
 
