@@ -19,7 +19,7 @@ def import_catalog(
     src: Path = typer.Argument(..., help="The source: the format's folder or file."),
     out: Path = typer.Argument(..., help="The canonical catalog JSONL to write."),
     fmt: str = typer.Option(
-        ..., "--format", "-f", help="Source format: google-merchant, shopify, csv, flipkart, myntra, fashiongen, grocery-store, jsonl."
+        ..., "--format", "-f", help="Source format: google-merchant, shopify, woocommerce, csv, flipkart, myntra, fashiongen, grocery-store, jsonl."
     ),
     image_dir: Path | None = typer.Option(
         None,

@@ -24,7 +24,7 @@ from catalogclip.catalog.schema import Catalog, unique_products
 # Importing the format modules registers them.
 from catalogclip.catalog.readers import fashiongen, flipkart, jsonl, myntra  # noqa: F401
 from catalogclip.catalog.readers import google_merchant, mapped_csv, shopify  # noqa: F401
-from catalogclip.catalog.readers import grocery_store  # noqa: F401
+from catalogclip.catalog.readers import grocery_store, woocommerce  # noqa: F401
 
 
 def read_catalog(

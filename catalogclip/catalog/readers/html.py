@@ -51,3 +51,9 @@ def looks_like_html(text: str) -> bool:
 def plain_text(text: str) -> str:
     """`text` as plain text: HTML converted (see `html_to_text`), anything else left as it is."""
     return html_to_text(text) if looks_like_html(text) else text
+
+
+def description_text(text: str) -> str:
+    """A description cell as plain text: WooCommerce writes line breaks as a literal `\\n`,
+    shops write HTML (see `plain_text`)."""
+    return plain_text(text.replace("\\n", "\n"))

@@ -91,12 +91,6 @@ def load_mapping(path: Path) -> dict:
     return data
 
 
-def description_text(text: str) -> str:
-    """A description cell as plain text: WooCommerce writes line breaks as a literal `\\n`,
-    shops write HTML (see `plain_text`)."""
-    return plain_text(text.replace("\\n", "\n"))
-
-
 def _located(path: str, image_dir: Path | None) -> str:
     """`path` inside `image_dir` (--image-dir) when one is given, a rooted path too: Magento names
     its images from its media folder (`/m/b/x.jpg`). Confinement still applies to the result."""
