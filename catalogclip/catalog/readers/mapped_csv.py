@@ -29,7 +29,7 @@ from catalogclip.catalog.readers.base import (
     image_cell,
     parse_delimiter,
 )
-from catalogclip.catalog.readers.html import plain_text
+from catalogclip.catalog.readers.html import description_text
 from catalogclip.catalog.schema import ImageRef, RowError, products_from_rows
 
 LIST_FIELDS = ("images", "category")
