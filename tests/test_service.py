@@ -123,6 +123,32 @@ def test_bad_input_gets_a_4xx_with_a_message(client, request_args, status, messa
     assert client.get("/search", params={"q": "red"}).status_code == 200  # and it keeps serving
 
 
+WIDE_INT_FILTERS = [
+    ('{"price": {"min": ' + "1" * 400 + "}}", "filter 'price.min' has an integer beyond 64 bits"),  # beyond any float
+    ('{"brand": 18446744073709551616}', "filter 'brand' has an integer beyond 64 bits"),  # beyond what orjson echoes
+]
+
+
+@pytest.mark.parametrize("filters, message", WIDE_INT_FILTERS, ids=["range bound beyond a float", "value beyond orjson"])
+@pytest.mark.parametrize("route", ["GET /search", "POST /search", "/category", "/search/image", "/similar"])
+def test_integers_wider_than_64_bits_in_filters_get_400_on_every_route(client, route, filters, message):
+    requests = {
+        "GET /search": lambda: client.get("/search", params={"q": "red", "filters": filters}),
+        "POST /search": lambda: client.post("/search", **_json_text(f'{{"q": "red", "filters": {filters}}}')),
+        "/category": lambda: client.get("/category", params={"path": "Apparel", "filters": filters}),
+        "/search/image": lambda: client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"filters": filters}),
+        "/similar": lambda: client.get("/products/p00/similar", params={"filters": filters}),
+    }
+    response = requests[route]()
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": f"{message}; write it as a string"}
+
+
+def test_a_filter_value_given_as_a_64_bit_integer_is_echoed_as_given(client):
+    body = client.post("/search", json={"q": "red", "filters": {"brand": 2**63 - 1, "price": {"max": -(2**63)}}}).json()
+    assert body["query"]["filters"] == {"brand": 2**63 - 1, "price": {"max": -(2**63)}} and body["results"] == []
+
+
 def test_search_modes_say_which_side_found_each_hit(client):
     found = {}
     for mode in ("vector", "lexical", "hybrid"):
