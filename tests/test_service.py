@@ -428,3 +428,85 @@ def test_the_image_route_never_serves_a_file_outside_the_catalog_root(tmp_path):
         response = client.get(url)
         assert response.status_code == 404 and "outside the catalog root" in response.json()["detail"], (url, response.text)
     assert str(tmp_path) not in client.get("/products/evil").text
+
+
+def _get_unless_it_hangs(client, url: str, fifo):
+    """GET `url`; a request stuck opening `fifo` is released (a writer opens it) and fails the test."""
+    import os
+    import threading
+
+    got: dict = {}
+    thread = threading.Thread(target=lambda: got.update(response=client.get(url)), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail(f"GET {url} blocked opening a FIFO")
+    return got["response"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_the_image_route_serves_only_regular_files(tmp_path):
+    """A FIFO, a folder or a socket where an indexed image was: 404 at once (a FIFO's open used
+    to block a worker thread until some writer came)."""
+    import os
+    import socket
+
+    root = tmp_path / "shop"
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
+    images = root / "images"
+    for name in ("p00_0.png", "p01_0.png", "p02_0.png"):
+        (images / name).unlink()
+    os.mkfifo(images / "p00_0.png")
+    (images / "p01_0.png").mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(images / "p02_0.png"))
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    for product in ("p00", "p01", "p02"):
+        response = _get_unless_it_hangs(client, f"/products/{product}/images/0", images / "p00_0.png")
+        assert response.status_code == 404 and response.json() == {"detail": f"image 0 of product '{product}' is missing or not an image"}
+    server.close()
+    served = client.get("/products/p03/images/0")
+    assert served.status_code == 200 and served.content == (images / "p03_0.png").read_bytes()
+    assert served.headers["content-length"] == str(len(served.content)) and served.headers["content-type"] == "image/png"
+
+
+def test_the_image_route_sends_the_file_it_checked_even_if_the_path_changes_after(tmp_path, monkeypatch):
+    """The image is sniffed and sent from one open handle: a file swapped in between (here a text
+    file, or a symlink out of the catalog root) is never what gets sent."""
+    import os
+
+    from catalogclip.search import uploads
+    from catalogclip.search.index import ProductIndex
+
+    root = tmp_path / "shop"
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
+    image = root / "images" / "p00_0.png"
+    checked = image.read_bytes()
+    real_sniff, real_image_file = uploads.sniff_format, ProductIndex.image_file
+
+    def sniff_then_swap(head):
+        (tmp_path / "swap.txt").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+        os.replace(tmp_path / "swap.txt", image)
+        return real_sniff(head)
+
+    monkeypatch.setattr(uploads, "sniff_format", sniff_then_swap)
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    served = client.get("/products/p00/images/0")
+    assert served.status_code == 200 and served.content == checked and served.headers["content-type"] == "image/png"
+    assert image.read_bytes().startswith(b"root:x")  # the path now holds the text file
+
+    outside = tmp_path / "private.png"
+    outside.write_bytes(png_bytes("blue"))  # an image: only the check of its path keeps it out
+
+    def resolve_then_swap_for_a_symlink(self, product, number):
+        path = real_image_file(self, product, number)  # resolved and checked inside the root
+        path.unlink()
+        os.symlink(outside, path)
+        return path
+
+    monkeypatch.setattr(uploads, "sniff_format", real_sniff)
+    monkeypatch.setattr(ProductIndex, "image_file", resolve_then_swap_for_a_symlink)
+    refused = client.get("/products/p01/images/0")
+    assert refused.status_code == 404 and refused.json() == {"detail": "image 0 of product 'p01' is missing or not an image"}

@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, BinaryIO, Callable, Iterator, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -36,7 +36,7 @@ from catalogclip.search.engine import MAX_K, LiveEngine, SearchEngine, SearchRes
 from catalogclip.search.index import ProductIndex
 from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
 from catalogclip.search.query import QueryError
-from catalogclip.search.uploads import FORMATS, content_type, decode_image, sniff_file
+from catalogclip.search.uploads import FORMATS, content_type, decode_image, open_image_file
 
 Mode = Literal["vector", "lexical", "hybrid"]  # catalogclip.search.fusion.MODES
 WEB_DIR = Path(__file__).parent / "web"
@@ -93,6 +93,15 @@ def _result_json(result: SearchResult) -> dict:
     body = result.to_json()
     body["results"] = [_product_json(h.product, h.score, h.image, h.sides) for h in result.hits]
     return body
+
+
+def _chunks(file: BinaryIO, size: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """The first `size` bytes of an open file (no more than the Content-Length sent), in chunks;
+    the file is closed after the last one."""
+    with file:
+        while size > 0 and (data := file.read(min(chunk, size))):
+            size -= len(data)
+            yield data
 
 
 def _json(body: dict) -> Response:
@@ -315,15 +324,14 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         index = live.current().index
         found = product_or_404(index, product_id)
         try:
-            path = index.image_file(found, number)
-            media_type = sniff_file(path)
+            opened = open_image_file(index.image_file(found, number))
         except KeyError as exc:
             raise HTTPException(404, exc.args[0]) from None
-        except OSError:
-            media_type = None
-        if media_type is None:
+        if opened is None:
             raise HTTPException(404, f"image {number} of product '{product_id}' is missing or not an image")
-        return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        file, size, media_type = opened
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
