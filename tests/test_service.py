@@ -510,3 +510,46 @@ def test_the_image_route_sends_the_file_it_checked_even_if_the_path_changes_afte
     monkeypatch.setattr(ProductIndex, "image_file", resolve_then_swap_for_a_symlink)
     refused = client.get("/products/p01/images/0")
     assert refused.status_code == 404 and refused.json() == {"detail": "image 0 of product 'p01' is missing or not an image"}
+
+
+ODD_IDS = ["SKU/123", "q?x=1#frag", "a b", "50%off", "dé/商品", "p00/similar", "p01/images/0"]
+
+
+@pytest.fixture(scope="module")
+def odd_ids_client(tmp_path_factory):
+    """A shop whose product ids need percent-encoding, among them ids that look like other routes."""
+    from _searchkit import SHOES, product, standard_products
+
+    root = tmp_path_factory.mktemp("odd")
+    products = standard_products()[:2] + [product(pid, "red", "Puma", SHOES, 10.0, views=2) for pid in ODD_IDS]
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root, products)), root / "idx", BuildOptions(progress=False))
+    return TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("product_id", ODD_IDS)
+def test_every_url_the_service_emits_encodes_the_id_and_reaches_the_product(odd_ids_client, product_id):
+    from urllib.parse import quote
+
+    client = odd_ids_client
+    base = f"/products/{quote(product_id, safe='')}"
+    body = client.get(base).json()
+    assert body["id"] == product_id
+    assert body["image_urls"] == [f"{base}/images/0", f"{base}/images/1"] and body["image_url"] == f"{base}/images/0"
+    assert [image["url"] for image in body["images"]] == body["image_urls"]
+    hits = client.get("/search", params={"q": "red", "k": 20, "mode": "vector"}).json()["results"]
+    assert [hit["image_url"] for hit in hits if hit["id"] == product_id] == [f"{base}/images/0"]
+    for url in body["image_urls"]:
+        image = client.get(url)
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG", (url, image.text)
+    similar = client.get(f"{base}/similar", params={"k": 3}).json()
+    assert similar["query"]["similar_to"] == product_id and product_id not in [r["id"] for r in similar["results"]]
+    assert client.get(f"{base}/images/2").json() == {"detail": f"product '{product_id}' has no image 2 (it has 2)"}
+
+
+def test_an_id_is_one_encoded_segment_so_ids_never_reach_another_route(odd_ids_client):
+    client = odd_ids_client
+    assert client.get("/products/p00/similar").json()["query"]["similar_to"] == "p00"
+    assert client.get("/products/p00%2Fsimilar").json()["id"] == "p00/similar"
+    assert client.get("/products/p01/images/0").headers["content-type"] == "image/png"
+    assert client.get("/products/p01%2Fimages%2F0").json()["id"] == "p01/images/0"
+    assert client.get("/products/SKU/123").json() == {"detail": "Not Found"}  # an unencoded '/' is a path separator

@@ -24,12 +24,16 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Literal
+from urllib.parse import quote, unquote
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.routing import Match
+from starlette.types import Scope
 
 from catalogclip.search.batching import BatchingEncoder
 from catalogclip.search.engine import MAX_K, LiveEngine, SearchEngine, SearchResult
@@ -67,20 +71,25 @@ def _filters(raw: str | None) -> dict | None:
         raise QueryError("filters is not a JSON object this service accepts (too deep or too large numbers)") from None
 
 
+def product_url(product_id: str, *rest: str | int) -> str:
+    """The URL of a product route: the id percent-encoded whole ("SKU/123" -> "SKU%2F123", "?",
+    "#", spaces ...), so any catalog id is one path segment (`EncodedPathRoute` decodes it)."""
+    return "/".join(["/products", quote(product_id, safe=""), *map(str, rest)])
+
+
 def _image_json(product_id: str, number: int, image) -> dict:
     """A product image as the API shows it: where to fetch it, never where the server keeps it."""
-    out = {**image.to_json(), "url": f"/products/{product_id}/images/{number}"}
+    out = {**image.to_json(), "url": product_url(product_id, "images", number)}
     del out["path"]
     return out
 
 
 def _product_json(product, score: float | None = None, image: int = 0, sides: dict | None = None) -> dict:
-    base = f"/products/{product.id}/images"
     out = {
         **product.to_json(),
         "images": [_image_json(product.id, n, im) for n, im in enumerate(product.images)],
-        "image_urls": [f"{base}/{n}" for n in range(len(product.images))],
-        "image_url": f"{base}/{image}",
+        "image_urls": [product_url(product.id, "images", n) for n in range(len(product.images))],
+        "image_url": product_url(product.id, "images", image),
     }
     if score is not None:
         out["score"] = round(score, 6)
@@ -133,6 +142,22 @@ def _k(raw: str | None) -> int:
         return int(raw)
     except ValueError:
         raise QueryError(f"k must be an integer, got {raw[:20]!r}") from None
+
+
+class EncodedPathRoute(APIRoute):
+    """A route matched against the path as the client sent it, percent-encoded, each parameter
+    decoded afterwards. Starlette routes the decoded path, where the id "SKU/123" (sent as
+    SKU%2F123) would be two segments: 404, or worse, the id "a/similar" would reach the similar
+    route of product "a"."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = scope.get("raw_path")
+        if scope["type"] != "http" or raw is None:
+            return super().matches(scope)
+        match, child = super().matches({**scope, "path": raw.decode("latin-1")})
+        if match != Match.NONE:
+            child["path_params"] = {name: unquote(v) if isinstance(v, str) else v for name, v in child["path_params"].items()}
+        return match, child
 
 
 class ImageWorkers:
@@ -306,11 +331,20 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     def facets() -> dict:
         return {"facets": live.current().index.facets()}
 
-    @app.get("/products/{product_id}", operation_id="product")
+    def product_route(path: str, **kwargs) -> Callable:
+        """`app.get` for a route under /products/{product_id}: an `EncodedPathRoute`."""
+
+        def register(endpoint: Callable) -> Callable:
+            app.router.add_api_route(path, endpoint, route_class_override=EncodedPathRoute, **kwargs)
+            return endpoint
+
+        return register
+
+    @product_route("/products/{product_id}", operation_id="product")
     def product(product_id: str) -> dict:
         return _json(_product_json(product_or_404(live.current().index, product_id)))
 
-    @app.get("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
+    @product_route("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
     def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
         def answer(engine: SearchEngine) -> SearchResult:
             product_or_404(engine.index, product_id)
@@ -318,7 +352,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
 
         return _json(_result_json(live.answer(answer)))
 
-    @app.get("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
+    @product_route("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
     def product_image(product_id: str, number: int) -> Response:
         """Image `number` of a product, as the index recorded it, if it is an accepted image."""
         index = live.current().index
