@@ -74,7 +74,7 @@ def _json_text(text: str) -> dict:
         (("get", "/search", {"params": {"q": "red", "k": 0}}), 422, "k: Input should be greater than or equal to 1"),
         (("get", "/search", {"params": {"q": "red", "k": "many"}}), 422, "k: Input should be a valid integer"),
         (("post", "/search", {"json": {"k": 3}}), 422, "q: Field required"),
-        (("post", "/search", {"json": {"q": "red", "k": 500}}), 400, "k must be between 1 and 200"),
+        (("post", "/search", {"json": {"q": "red", "k": 500}}), 422, "k: Input should be less than or equal to 200"),
         (("get", "/search", {"params": {"q": "red", "filters": "{brand"}}), 400, "filters is not valid JSON"),
         (("get", "/search", {"params": {"q": "red", "filters": '{"size": "M"}'}}), 400, "unknown filter field 'size'"),
         (("post", "/search", {"json": {"q": "red", "filters": {"fabric": "silk"}}}), 400, "unknown filter field 'fabric' (known: brand, category, colour, price)"),
@@ -196,7 +196,7 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         ({"file": ("bomb.png", _png_header_claiming(50_000, 50_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
         ({"file": ("big.png", _png_header_claiming(7_000, 7_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
         ({"other": ("q.png", png_bytes("red"), "image/png")}, {}, 400, "no file field named 'file'"),
-        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"k": "ten"}, 400, "k must be an integer"),
+        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"k": "ten"}, 422, "k: Input should be a valid integer"),
         ({"file": ("q.png", png_bytes("red"), "image/png")}, {"filters": '{"nope": 1}'}, 400, "unknown filter field 'nope'"),
     ],
 )
@@ -339,7 +339,33 @@ def test_a_jpeg_cut_inside_its_header_gets_415(client):
 
 def test_an_empty_k_in_a_form_is_refused(client):
     response = client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"k": ""})
-    assert response.status_code == 400 and response.json()["detail"] == "k must be an integer, got ''"
+    assert response.status_code == 422 and response.json()["detail"] == "k: Input should be a valid integer, unable to parse string as an integer"
+    assert response.json()["errors"][0]["loc"] == ["body", "k"]
+
+
+def _with_k(client, route: str, k):
+    """A request to `route` asking for `k` results, k sent as the route takes it (JSON in a POST /search)."""
+    if route == "POST /search":
+        return client.post("/search", json={"q": "red", "k": k})
+    if route == "/search/image":
+        return client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"k": str(k)})
+    url, params = {"GET /search": ("/search", {"q": "red"}), "/category": ("/category", {"path": "Apparel"}), "/similar": ("/products/p00/similar", {})}[route]
+    return client.get(url, params={**params, "k": k})
+
+
+@pytest.mark.parametrize("route", ["GET /search", "POST /search", "/search/image", "/category", "/similar"])
+@pytest.mark.parametrize("k, message", [(0, "greater than or equal to 1"), (201, "less than or equal to 200")])
+def test_k_out_of_range_is_the_same_422_on_every_route(client, route, k, message):
+    response = _with_k(client, route, k)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"k: Input should be {message}"
+    assert _with_k(client, route, 200).status_code == 200
+
+
+@pytest.mark.parametrize("k", ["true", "1e2", "100.0", '"5"'])
+def test_k_in_a_json_body_must_be_a_json_integer(client, k):
+    response = client.post("/search", **_json_text(f'{{"q": "red", "k": {k}}}'))
+    assert response.status_code == 422 and response.json()["detail"] == "k: Input should be a valid integer"
 
 
 class _BlockingImages(PaletteEncoder):

@@ -35,12 +35,12 @@ class ErrorBody(BaseModel):
 
 
 _WHY = {
-    400: "Bad input: an empty, overlong or malformed query, k or filters (unknown field, bad range ...)",
+    400: "Bad input: an empty, overlong or malformed query or filters (unknown field, bad range ...)",
     404: "No such product, image or route",
     409: "The index was built by another model than the one encoding queries",
     413: "The request body or the image is too large",
     415: "The upload is not an image in an accepted format, or cannot be decoded",
-    422: "A parameter has the wrong type or is missing",
+    422: "A parameter has the wrong type, is out of its range (k) or is missing",
     500: "An internal error (the message holds no details)",
     503: "The service is too busy to process the image in time; retry later",
 }

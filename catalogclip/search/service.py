@@ -31,7 +31,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -51,9 +52,13 @@ MAX_BODY_BYTES = 256 * 1024
 IMAGE_TIMEOUT_S = 10.0
 
 
+#: bounds of `k`, the number of results, declared on every route: out of them (or not an integer) is a 422
+K_RANGE = {"ge": 1, "le": MAX_K}
+
+
 class SearchBody(BaseModel):
     q: str
-    k: int = 10
+    k: int = Field(10, strict=True, **K_RANGE)  # a JSON integer: not true, not 1e2
     filters: dict[str, Any] | None = None
     mode: Mode = "hybrid"
     strict: bool = False
@@ -135,13 +140,19 @@ async def _upload_form(request: Request) -> tuple[bytes, dict[str, str]]:
     return await upload.read(), fields
 
 
-def _k(raw: str | None) -> int:
-    if raw is None:
-        return 10
+class ImageFields(BaseModel):
+    """The upload form's fields besides `file` (strings, as forms send them)."""
+
+    k: int = Field(10, **K_RANGE)
+    filters: str = Field("", description="JSON object of filters")
+
+
+def _image_fields(fields: dict[str, str]) -> ImageFields:
+    """The form's fields validated as a JSON body's are, with the same 422 for a bad `k`."""
     try:
-        return int(raw)
-    except ValueError:
-        raise QueryError(f"k must be an integer, got {raw[:20]!r}") from None
+        return ImageFields.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
 
 
 class EncodedPathRoute(APIRoute):
@@ -273,7 +284,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
 
     @app.get("/search", operation_id="search", responses=_result_links())
     def search_get(
-        q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
+        q: str = "", k: int = Query(10, **K_RANGE), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
     ) -> dict:
         return _json(_result_json(live.answer(lambda engine: engine.search_text(q, k, _filters(filters), mode, strict))))
 
@@ -292,11 +303,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
                         "schema": {
                             "type": "object",
                             "required": ["file"],
-                            "properties": {
-                                "file": {"type": "string", "format": "binary"},
-                                "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
-                                "filters": {"type": "string", "description": "JSON object of filters"},
-                            },
+                            "properties": {"file": {"type": "string", "format": "binary"}, **ImageFields.model_json_schema()["properties"]},
                         }
                     }
                 },
@@ -305,8 +312,9 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         },
     )
     async def search_image(request: Request) -> dict:
-        data, fields = await _upload_form(request)
-        k, filters = _k(fields.get("k")), _filters(fields.get("filters"))
+        data, form = await _upload_form(request)
+        fields = _image_fields(form)
+        k, filters = fields.k, _filters(fields.filters)
 
         def decode_and_search() -> SearchResult:
             image = decode_image(data)
@@ -316,7 +324,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         return _json(_result_json(await images.run(decode_and_search)))
 
     @app.get("/category", operation_id="category")
-    def category(path: str | None = None, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, within: bool = True) -> dict:
+    def category(path: str | None = None, k: int = Query(10, **K_RANGE), filters: str | None = None, within: bool = True) -> dict:
         """The category tree; with `path`, also the products for that category query."""
 
         def answer(engine: SearchEngine) -> dict:
@@ -345,7 +353,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         return _json(_product_json(product_or_404(live.current().index, product_id)))
 
     @product_route("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
-    def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
+    def similar(product_id: str, k: int = Query(10, **K_RANGE), filters: str | None = None) -> dict:
         def answer(engine: SearchEngine) -> SearchResult:
             product_or_404(engine.index, product_id)
             return engine.similar(product_id, k, _filters(filters))
