@@ -234,6 +234,20 @@ def test_category_tree_and_category_query(client):
     assert len(client.get("/category", params={"path": "Apparel", "within": "false", "k": 12}).json()["results"]) == 12
 
 
+@pytest.mark.parametrize(
+    "category, spelled",
+    [("apparel", "Apparel"), ("APPAREL > topwear", "Apparel > Topwear"), (["footwear>shoes", "Apparel > BOTTOMWEAR"], ["Footwear > Shoes", "Apparel > Bottomwear"])],
+)
+def test_category_filters_ignore_case_as_attribute_filters_do(client, category, spelled):
+    def found(filters):
+        return [r["id"] for r in client.post("/search", json={"q": "red", "k": 12, "filters": filters}).json()["results"]]
+
+    assert found({"category": category, "brand": "puma"}) == found({"category": spelled, "brand": "Puma"}) != []
+    path = category if isinstance(category, str) else category[0]
+    in_category = [{r["id"] for r in client.get("/category", params={"path": p, "k": 12}).json()["results"]} for p in (path, path.title())]
+    assert in_category[0] == in_category[1] != set()  # the whole subtree either way
+
+
 def test_facets(client):
     facets = client.get("/facets").json()["facets"]
     assert set(facets) == {"brand", "colour", "price"}

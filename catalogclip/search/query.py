@@ -5,7 +5,7 @@ Filters are plain data, the same from the CLI, the API and the web page::
     {"brand": "Puma",                      # equality (case-insensitive)
      "colour": ["Black", "Red"],           # any of these values
      "price": {"min": 10, "max": 50},      # numeric range, either bound optional
-     "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths)
+     "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths; case-insensitive)
 
 Entity recognition finds known entity values in a query ("black puma running shoes" ->
 brand=Puma, colour=Black) by dictionary lookup over word n-grams, longest match first, on
