@@ -86,6 +86,7 @@ def _json_text(text: str) -> dict:
         (("get", "/products/nope/similar", {}), 404, "no product 'nope'"),
         (("get", "/products/p00/images/7", {}), 404, "has no image 7"),
         (("get", "/category", {"params": {"path": ""}}), 400, "the category path is empty"),
+        (("get", "/category", {"params": {"path": " > >>"}}), 400, "the category path is empty (it holds only '>' separators)"),
         # lone surrogates: in the query, in a filter value, in a filter field name (JSON escapes)
         (("post", "/search", _json_text('{"q": "puma \\ud800"}')), 400, "the query contains a lone surrogate"),
         (("post", "/search", _json_text('{"q": "red", "filters": {"brand": "\\ud800"}}')), 400, "filter 'brand' value contains a lone surrogate"),
