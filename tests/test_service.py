@@ -594,3 +594,31 @@ def test_an_id_is_one_encoded_segment_so_ids_never_reach_another_route(odd_ids_c
     assert client.get("/products/p01/images/0").headers["content-type"] == "image/png"
     assert client.get("/products/p01%2Fimages%2F0").json()["id"] == "p01/images/0"
     assert client.get("/products/SKU/123").json() == {"detail": "Not Found"}  # an unencoded '/' is a path separator
+
+
+def _form_with_a_field(name: str, size: int) -> dict:
+    """Request arguments: a multipart upload whose field `name` holds `size` bytes (and a good image)."""
+    body = (
+        f'--XB\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + b"3" * size
+        + b'\r\n--XB\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'
+        + png_bytes("red") + b"\r\n--XB--\r\n"
+    )
+    return {"content": body, "headers": {"content-type": "multipart/form-data; boundary=XB"}}
+
+
+@pytest.mark.parametrize("name, size", [("k", 2 * 2**20), ("filters", 300 * 1024), ("other", 257 * 1024)])
+def test_an_oversized_form_field_gets_413(client, name, size):
+    response = client.post("/search/image", **_form_with_a_field(name, size))
+    assert response.status_code == 413 and response.json() == {"detail": "a form field is larger than 256 KiB"}
+
+
+def test_a_form_field_within_the_limit_is_read(client):
+    response = client.post("/search/image", **_form_with_a_field("other", 255 * 1024))
+    assert response.status_code == 200, response.text
+
+
+def test_an_unreadable_form_gets_400_with_the_parsers_reason(client):
+    fields = "".join(f'--XB\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n' for i in range(9)) + "--XB--\r\n"
+    response = client.post("/search/image", content=fields.encode(), headers={"content-type": "multipart/form-data; boundary=XB"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "cannot read the multipart form: Too many fields. Maximum number of fields is 8."}

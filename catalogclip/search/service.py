@@ -39,7 +39,7 @@ from starlette.types import Scope
 from catalogclip.search.batching import BatchingEncoder
 from catalogclip.search.engine import MAX_K, LiveEngine, SearchEngine, SearchResult
 from catalogclip.search.index import ProductIndex
-from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
+from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers, size_text
 from catalogclip.search.query import QueryError
 from catalogclip.search.uploads import FORMATS, content_type, decode_image, open_image_file
 
@@ -124,15 +124,22 @@ def _json(body: dict) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+#: how Starlette's form parsers say a field passed `max_part_size` (they raise one exception type for every problem)
+_FIELD_TOO_LARGE = ("Part exceeded maximum size", "Field exceeded maximum size")
+
+
 async def _upload_form(request: Request) -> tuple[bytes, dict[str, str]]:
     """(file bytes, other fields) of a multipart upload with one file field named `file`
-    (`BodyLimit` bounds its size)."""
+    (`BodyLimit` bounds its size; each other field is small, as a JSON body is)."""
     try:
-        form = await request.form(max_files=1, max_fields=8)
+        form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_BODY_BYTES)
     except HTTPException:
         raise
-    except Exception as exc:  # starlette raises its own MultiPartException types
-        raise HTTPException(400, f"cannot read the multipart form: {getattr(exc, 'message', exc)}") from None
+    except Exception as exc:  # Starlette's own 400 (an HTTPException of its own) or MultiPartException
+        reason = str(getattr(exc, "detail", None) or getattr(exc, "message", exc))
+        if reason.startswith(_FIELD_TOO_LARGE):
+            raise HTTPException(413, f"a form field is larger than {size_text(MAX_BODY_BYTES)}") from None
+        raise HTTPException(400, f"cannot read the multipart form: {reason}") from None
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(400, "the form has no file field named 'file'")
