@@ -596,6 +596,17 @@ def test_an_id_is_one_encoded_segment_so_ids_never_reach_another_route(odd_ids_c
     assert client.get("/products/SKU/123").json() == {"detail": "Not Found"}  # an unencoded '/' is a path separator
 
 
+def test_head_of_an_image_is_its_get_without_the_body(client):
+    got, head = client.get("/products/p01/images/1"), client.head("/products/p01/images/1")
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "x-content-type-options"):
+        assert head.headers[name] == got.headers[name]
+    assert head.headers["content-length"] == str(len(got.content))
+    missing = client.head("/products/p01/images/7")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+    assert client.post("/products/p01/images/1").headers["allow"] == "GET, HEAD"
+
+
 def _form_with_a_field(name: str, size: int) -> dict:
     """Request arguments: a multipart upload whose field `name` holds `size` bytes (and a good image)."""
     body = (

@@ -368,7 +368,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         return _json(_result_json(live.answer(answer)))
 
     @product_route("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
-    def product_image(product_id: str, number: int) -> Response:
+    def product_image(product_id: str, number: int, request: Request) -> Response:
         """Image `number` of a product, as the index recorded it, if it is an accepted image."""
         index = live.current().index
         found = product_or_404(index, product_id)
@@ -380,7 +380,13 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
             raise HTTPException(404, f"image {number} of product '{product_id}' is missing or not an image")
         file, size, media_type = opened
         headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+        if request.method == "HEAD":  # what a GET would answer, without reading the file
+            file.close()
+            return Response(headers=headers, media_type=media_type)
         return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+
+    # HEAD as GET without the body (FastAPI adds no HEAD to a GET route); one documented operation
+    product_route("/products/{product_id}/images/{number}", methods=["HEAD"], response_class=Response, include_in_schema=False)(product_image)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
