@@ -2,9 +2,10 @@
 
 Every bad input gets a 4xx with the one error body of catalogclip/search/errors.py
 (``{"detail": message}``): an empty, overlong or unusable query or filter (400), an unknown
-product or image (404), an index built by another model (409), an oversized body or image (413),
-an upload that is not an accepted image (415), a mistyped parameter (422), an image that cannot be
-processed in time (503). No message or product carries a server path.
+product or image (404), an index built by another model (409), an oversized body, form field or
+image (413), an upload that is not an accepted image (415), a mistyped or out-of-range parameter
+such as `k` (422), an image that cannot be processed in time (503). No message or product carries
+a server path, and every product URL carries its id percent-encoded (`product_url`).
 
 Uploads are sniffed (JPEG, PNG, WebP, GIF, BMP only) before Pillow sees them, then decoded and
 encoded off the event loop with a time budget, in threads of their own, so they never stall it
