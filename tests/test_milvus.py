@@ -83,6 +83,8 @@ FILTERS = [
     {"price": {"max": 3}},
     {"category": "Apparel > Top\"wear"},
     {"category": ["Apparel > Bottom\\wear > Jeans", "Bags"], "colour": ["Blue", "BLACK"]},
+    {"category": "APPAREL > top\"WEAR"},  # category paths match ignoring case, as attribute values do
+    {"category": ["apparel > bottom\\wear > jeans", "bags"]},
 ]
 
 
@@ -142,6 +144,8 @@ def test_engine_queries_and_updates_match_faiss(tmp_path):
         same(lambda e: e.search_text("red puma", k=4, mode=mode))
     same(lambda e: e.search_text("green", k=12, filters={"brand": "puma", "price": {"min": 20}}))
     same(lambda e: e.search_category("Apparel > Topwear", k=5))
+    assert same(lambda e: e.search_text("green", k=12, filters={"category": "apparel > TOPWEAR"})) == same(
+        lambda e: e.search_text("green", k=12, filters={"category": "Apparel > Topwear"}))
     assert "p00" not in {pid for pid, _, _ in same(lambda e: e.similar("p00", k=5))}
     assert engines["milvus"].index.facets() == engines["faiss"].index.facets()
     with pytest.raises(IncompatibleModelError, match="built with model 'palette-v1'"):

@@ -107,6 +107,11 @@ def test_parse_filters_builds_clauses():
     ]
     assert filters[2].is_range and not filters[0].is_range
     assert parse_filters({"price": {"max": 5}}, ["price"]) == [Filter("price", low=None, high=5.0)]
+    # 64-bit integers are values and bounds like any other; wider ones are taken as strings
+    assert parse_filters({"brand": [2**63 - 1, "18446744073709551616"], "price": {"min": -(2**63)}}, ["brand", "price"]) == [
+        Filter("brand", (str(2**63 - 1), "18446744073709551616")),
+        Filter("price", low=float(-(2**63))),
+    ]
     assert parse_filters(None, []) == []
 
 
@@ -123,6 +128,9 @@ def test_parse_filters_builds_clauses():
         ({"price": {}}, "a range needs 'min' or 'max'"),
         ({"brand": [{"a": 1}]}, "values must be strings"),
         ({"category": {"min": 1}}, "filter 'category': a range is"),
+        ({"brand": [2**64]}, "filter 'brand' has an integer beyond 64 bits; write it as a string"),
+        ({"price": {"min": int("1" * 400)}}, "filter 'price.min' has an integer beyond 64 bits"),  # no float holds it
+        ({"price": {"max": -(2**63) - 1}}, "filter 'price.max' has an integer beyond 64 bits"),
         (["brand"], "filters must be an object"),
     ],
 )

@@ -74,7 +74,7 @@ def _json_text(text: str) -> dict:
         (("get", "/search", {"params": {"q": "red", "k": 0}}), 422, "k: Input should be greater than or equal to 1"),
         (("get", "/search", {"params": {"q": "red", "k": "many"}}), 422, "k: Input should be a valid integer"),
         (("post", "/search", {"json": {"k": 3}}), 422, "q: Field required"),
-        (("post", "/search", {"json": {"q": "red", "k": 500}}), 400, "k must be between 1 and 200"),
+        (("post", "/search", {"json": {"q": "red", "k": 500}}), 422, "k: Input should be less than or equal to 200"),
         (("get", "/search", {"params": {"q": "red", "filters": "{brand"}}), 400, "filters is not valid JSON"),
         (("get", "/search", {"params": {"q": "red", "filters": '{"size": "M"}'}}), 400, "unknown filter field 'size'"),
         (("post", "/search", {"json": {"q": "red", "filters": {"fabric": "silk"}}}), 400, "unknown filter field 'fabric' (known: brand, category, colour, price)"),
@@ -86,6 +86,7 @@ def _json_text(text: str) -> dict:
         (("get", "/products/nope/similar", {}), 404, "no product 'nope'"),
         (("get", "/products/p00/images/7", {}), 404, "has no image 7"),
         (("get", "/category", {"params": {"path": ""}}), 400, "the category path is empty"),
+        (("get", "/category", {"params": {"path": " > >>"}}), 400, "the category path is empty (it holds only '>' separators)"),
         # lone surrogates: in the query, in a filter value, in a filter field name (JSON escapes)
         (("post", "/search", _json_text('{"q": "puma \\ud800"}')), 400, "the query contains a lone surrogate"),
         (("post", "/search", _json_text('{"q": "red", "filters": {"brand": "\\ud800"}}')), 400, "filter 'brand' value contains a lone surrogate"),
@@ -121,6 +122,32 @@ def test_bad_input_gets_a_4xx_with_a_message(client, request_args, status, messa
     assert message in body["detail"]
     assert status != 422 or body["errors"][0]["msg"] in body["detail"]
     assert client.get("/search", params={"q": "red"}).status_code == 200  # and it keeps serving
+
+
+WIDE_INT_FILTERS = [
+    ('{"price": {"min": ' + "1" * 400 + "}}", "filter 'price.min' has an integer beyond 64 bits"),  # beyond any float
+    ('{"brand": 18446744073709551616}', "filter 'brand' has an integer beyond 64 bits"),  # beyond what orjson echoes
+]
+
+
+@pytest.mark.parametrize("filters, message", WIDE_INT_FILTERS, ids=["range bound beyond a float", "value beyond orjson"])
+@pytest.mark.parametrize("route", ["GET /search", "POST /search", "/category", "/search/image", "/similar"])
+def test_integers_wider_than_64_bits_in_filters_get_400_on_every_route(client, route, filters, message):
+    requests = {
+        "GET /search": lambda: client.get("/search", params={"q": "red", "filters": filters}),
+        "POST /search": lambda: client.post("/search", **_json_text(f'{{"q": "red", "filters": {filters}}}')),
+        "/category": lambda: client.get("/category", params={"path": "Apparel", "filters": filters}),
+        "/search/image": lambda: client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"filters": filters}),
+        "/similar": lambda: client.get("/products/p00/similar", params={"filters": filters}),
+    }
+    response = requests[route]()
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": f"{message}; write it as a string"}
+
+
+def test_a_filter_value_given_as_a_64_bit_integer_is_echoed_as_given(client):
+    body = client.post("/search", json={"q": "red", "filters": {"brand": 2**63 - 1, "price": {"max": -(2**63)}}}).json()
+    assert body["query"]["filters"] == {"brand": 2**63 - 1, "price": {"max": -(2**63)}} and body["results"] == []
 
 
 def test_search_modes_say_which_side_found_each_hit(client):
@@ -170,7 +197,7 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         ({"file": ("bomb.png", _png_header_claiming(50_000, 50_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
         ({"file": ("big.png", _png_header_claiming(7_000, 7_000), "image/png")}, {}, 413, "more than 40000000 pixels"),
         ({"other": ("q.png", png_bytes("red"), "image/png")}, {}, 400, "no file field named 'file'"),
-        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"k": "ten"}, 400, "k must be an integer"),
+        ({"file": ("q.png", png_bytes("red"), "image/png")}, {"k": "ten"}, 422, "k: Input should be a valid integer"),
         ({"file": ("q.png", png_bytes("red"), "image/png")}, {"filters": '{"nope": 1}'}, 400, "unknown filter field 'nope'"),
     ],
 )
@@ -206,6 +233,20 @@ def test_category_tree_and_category_query(client):
     assert {tuple(r["category_path"]) for r in body["results"]} == {("Apparel", "Bottomwear", "Jeans")}
     assert len(body["results"]) == 4
     assert len(client.get("/category", params={"path": "Apparel", "within": "false", "k": 12}).json()["results"]) == 12
+
+
+@pytest.mark.parametrize(
+    "category, spelled",
+    [("apparel", "Apparel"), ("APPAREL > topwear", "Apparel > Topwear"), (["footwear>shoes", "Apparel > BOTTOMWEAR"], ["Footwear > Shoes", "Apparel > Bottomwear"])],
+)
+def test_category_filters_ignore_case_as_attribute_filters_do(client, category, spelled):
+    def found(filters):
+        return [r["id"] for r in client.post("/search", json={"q": "red", "k": 12, "filters": filters}).json()["results"]]
+
+    assert found({"category": category, "brand": "puma"}) == found({"category": spelled, "brand": "Puma"}) != []
+    path = category if isinstance(category, str) else category[0]
+    in_category = [{r["id"] for r in client.get("/category", params={"path": p, "k": 12}).json()["results"]} for p in (path, path.title())]
+    assert in_category[0] == in_category[1] != set()  # the whole subtree either way
 
 
 def test_facets(client):
@@ -313,7 +354,33 @@ def test_a_jpeg_cut_inside_its_header_gets_415(client):
 
 def test_an_empty_k_in_a_form_is_refused(client):
     response = client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"k": ""})
-    assert response.status_code == 400 and response.json()["detail"] == "k must be an integer, got ''"
+    assert response.status_code == 422 and response.json()["detail"] == "k: Input should be a valid integer, unable to parse string as an integer"
+    assert response.json()["errors"][0]["loc"] == ["body", "k"]
+
+
+def _with_k(client, route: str, k):
+    """A request to `route` asking for `k` results, k sent as the route takes it (JSON in a POST /search)."""
+    if route == "POST /search":
+        return client.post("/search", json={"q": "red", "k": k})
+    if route == "/search/image":
+        return client.post("/search/image", files={"file": ("q.png", png_bytes("red"), "image/png")}, data={"k": str(k)})
+    url, params = {"GET /search": ("/search", {"q": "red"}), "/category": ("/category", {"path": "Apparel"}), "/similar": ("/products/p00/similar", {})}[route]
+    return client.get(url, params={**params, "k": k})
+
+
+@pytest.mark.parametrize("route", ["GET /search", "POST /search", "/search/image", "/category", "/similar"])
+@pytest.mark.parametrize("k, message", [(0, "greater than or equal to 1"), (201, "less than or equal to 200")])
+def test_k_out_of_range_is_the_same_422_on_every_route(client, route, k, message):
+    response = _with_k(client, route, k)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"k: Input should be {message}"
+    assert _with_k(client, route, 200).status_code == 200
+
+
+@pytest.mark.parametrize("k", ["true", "1e2", "100.0", '"5"'])
+def test_k_in_a_json_body_must_be_a_json_integer(client, k):
+    response = client.post("/search", **_json_text(f'{{"q": "red", "k": {k}}}'))
+    assert response.status_code == 422 and response.json()["detail"] == "k: Input should be a valid integer"
 
 
 class _BlockingImages(PaletteEncoder):
@@ -402,3 +469,167 @@ def test_the_image_route_never_serves_a_file_outside_the_catalog_root(tmp_path):
         response = client.get(url)
         assert response.status_code == 404 and "outside the catalog root" in response.json()["detail"], (url, response.text)
     assert str(tmp_path) not in client.get("/products/evil").text
+
+
+def _get_unless_it_hangs(client, url: str, fifo):
+    """GET `url`; a request stuck opening `fifo` is released (a writer opens it) and fails the test."""
+    import os
+    import threading
+
+    got: dict = {}
+    thread = threading.Thread(target=lambda: got.update(response=client.get(url)), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail(f"GET {url} blocked opening a FIFO")
+    return got["response"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_the_image_route_serves_only_regular_files(tmp_path):
+    """A FIFO, a folder or a socket where an indexed image was: 404 at once (a FIFO's open used
+    to block a worker thread until some writer came)."""
+    import os
+    import socket
+
+    root = tmp_path / "shop"
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
+    images = root / "images"
+    for name in ("p00_0.png", "p01_0.png", "p02_0.png"):
+        (images / name).unlink()
+    os.mkfifo(images / "p00_0.png")
+    (images / "p01_0.png").mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(images / "p02_0.png"))
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    for product in ("p00", "p01", "p02"):
+        response = _get_unless_it_hangs(client, f"/products/{product}/images/0", images / "p00_0.png")
+        assert response.status_code == 404 and response.json() == {"detail": f"image 0 of product '{product}' is missing or not an image"}
+    server.close()
+    served = client.get("/products/p03/images/0")
+    assert served.status_code == 200 and served.content == (images / "p03_0.png").read_bytes()
+    assert served.headers["content-length"] == str(len(served.content)) and served.headers["content-type"] == "image/png"
+
+
+def test_the_image_route_sends_the_file_it_checked_even_if_the_path_changes_after(tmp_path, monkeypatch):
+    """The image is sniffed and sent from one open handle: a file swapped in between (here a text
+    file, or a symlink out of the catalog root) is never what gets sent."""
+    import os
+
+    from catalogclip.search import uploads
+    from catalogclip.search.index import ProductIndex
+
+    root = tmp_path / "shop"
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root)), tmp_path / "idx", BuildOptions(progress=False))
+    image = root / "images" / "p00_0.png"
+    checked = image.read_bytes()
+    real_sniff, real_image_file = uploads.sniff_format, ProductIndex.image_file
+
+    def sniff_then_swap(head):
+        (tmp_path / "swap.txt").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+        os.replace(tmp_path / "swap.txt", image)
+        return real_sniff(head)
+
+    monkeypatch.setattr(uploads, "sniff_format", sniff_then_swap)
+    client = TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+    served = client.get("/products/p00/images/0")
+    assert served.status_code == 200 and served.content == checked and served.headers["content-type"] == "image/png"
+    assert image.read_bytes().startswith(b"root:x")  # the path now holds the text file
+
+    outside = tmp_path / "private.png"
+    outside.write_bytes(png_bytes("blue"))  # an image: only the check of its path keeps it out
+
+    def resolve_then_swap_for_a_symlink(self, product, number):
+        path = real_image_file(self, product, number)  # resolved and checked inside the root
+        path.unlink()
+        os.symlink(outside, path)
+        return path
+
+    monkeypatch.setattr(uploads, "sniff_format", real_sniff)
+    monkeypatch.setattr(ProductIndex, "image_file", resolve_then_swap_for_a_symlink)
+    refused = client.get("/products/p01/images/0")
+    assert refused.status_code == 404 and refused.json() == {"detail": "image 0 of product 'p01' is missing or not an image"}
+
+
+ODD_IDS = ["SKU/123", "q?x=1#frag", "a b", "50%off", "dé/商品", "p00/similar", "p01/images/0"]
+
+
+@pytest.fixture(scope="module")
+def odd_ids_client(tmp_path_factory):
+    """A shop whose product ids need percent-encoding, among them ids that look like other routes."""
+    from _searchkit import SHOES, product, standard_products
+
+    root = tmp_path_factory.mktemp("odd")
+    products = standard_products()[:2] + [product(pid, "red", "Puma", SHOES, 10.0, views=2) for pid in ODD_IDS]
+    index = build_index(PaletteEncoder(), read_jsonl(write_catalog(root, products)), root / "idx", BuildOptions(progress=False))
+    return TestClient(create_app(SearchEngine(index, PaletteEncoder())), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("product_id", ODD_IDS)
+def test_every_url_the_service_emits_encodes_the_id_and_reaches_the_product(odd_ids_client, product_id):
+    from urllib.parse import quote
+
+    client = odd_ids_client
+    base = f"/products/{quote(product_id, safe='')}"
+    body = client.get(base).json()
+    assert body["id"] == product_id
+    assert body["image_urls"] == [f"{base}/images/0", f"{base}/images/1"] and body["image_url"] == f"{base}/images/0"
+    assert [image["url"] for image in body["images"]] == body["image_urls"]
+    hits = client.get("/search", params={"q": "red", "k": 20, "mode": "vector"}).json()["results"]
+    assert [hit["image_url"] for hit in hits if hit["id"] == product_id] == [f"{base}/images/0"]
+    for url in body["image_urls"]:
+        image = client.get(url)
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG", (url, image.text)
+    similar = client.get(f"{base}/similar", params={"k": 3}).json()
+    assert similar["query"]["similar_to"] == product_id and product_id not in [r["id"] for r in similar["results"]]
+    assert client.get(f"{base}/images/2").json() == {"detail": f"product '{product_id}' has no image 2 (it has 2)"}
+
+
+def test_an_id_is_one_encoded_segment_so_ids_never_reach_another_route(odd_ids_client):
+    client = odd_ids_client
+    assert client.get("/products/p00/similar").json()["query"]["similar_to"] == "p00"
+    assert client.get("/products/p00%2Fsimilar").json()["id"] == "p00/similar"
+    assert client.get("/products/p01/images/0").headers["content-type"] == "image/png"
+    assert client.get("/products/p01%2Fimages%2F0").json()["id"] == "p01/images/0"
+    assert client.get("/products/SKU/123").json() == {"detail": "Not Found"}  # an unencoded '/' is a path separator
+
+
+def test_head_of_an_image_is_its_get_without_the_body(client):
+    got, head = client.get("/products/p01/images/1"), client.head("/products/p01/images/1")
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "x-content-type-options"):
+        assert head.headers[name] == got.headers[name]
+    assert head.headers["content-length"] == str(len(got.content))
+    missing = client.head("/products/p01/images/7")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+    assert client.post("/products/p01/images/1").headers["allow"] == "GET, HEAD"
+
+
+def _form_with_a_field(name: str, size: int) -> dict:
+    """Request arguments: a multipart upload whose field `name` holds `size` bytes (and a good image)."""
+    body = (
+        f'--XB\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + b"3" * size
+        + b'\r\n--XB\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'
+        + png_bytes("red") + b"\r\n--XB--\r\n"
+    )
+    return {"content": body, "headers": {"content-type": "multipart/form-data; boundary=XB"}}
+
+
+@pytest.mark.parametrize("name, size", [("k", 2 * 2**20), ("filters", 300 * 1024), ("other", 257 * 1024)])
+def test_an_oversized_form_field_gets_413(client, name, size):
+    response = client.post("/search/image", **_form_with_a_field(name, size))
+    assert response.status_code == 413 and response.json() == {"detail": "a form field is larger than 256 KiB"}
+
+
+def test_a_form_field_within_the_limit_is_read(client):
+    response = client.post("/search/image", **_form_with_a_field("other", 255 * 1024))
+    assert response.status_code == 200, response.text
+
+
+def test_an_unreadable_form_gets_400_with_the_parsers_reason(client):
+    fields = "".join(f'--XB\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n' for i in range(9)) + "--XB--\r\n"
+    response = client.post("/search/image", content=fields.encode(), headers={"content-type": "multipart/form-data; boundary=XB"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "cannot read the multipart form: Too many fields. Maximum number of fields is 8."}

@@ -76,6 +76,15 @@ def check_text(text: str, what: str = "query") -> str:
     return text
 
 
+def check_category(path: str) -> str:
+    """A category path in "A > B" form, refused like any text query when it is empty, also once
+    its separators are dropped (">>>": the error is about the path, not a filter made from it)."""
+    path = normalise_category(check_text(path, "category path"))
+    if not path:
+        raise QueryError("the category path is empty (it holds only '>' separators)")
+    return path
+
+
 def check_k(k: int) -> int:
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -243,8 +252,7 @@ class SearchEngine:
         """Products for a category query (CLIP-ITA's category-to-image retrieval); `within`
         keeps them inside the category's subtree, as a category browser does."""
         start = time.perf_counter()
-        path = normalise_category(check_text(path, "category path"))
-        k = check_k(k)
+        path, k = check_category(path), check_k(k)
         filters = {**filter_mapping(filters), "category": path} if within else filter_mapping(filters)
         clauses = self.index.parse_filters(filters)
         self._check_model()

@@ -35,12 +35,12 @@ class ErrorBody(BaseModel):
 
 
 _WHY = {
-    400: "Bad input: an empty, overlong or malformed query, k or filters (unknown field, bad range ...)",
+    400: "Bad input: an empty, overlong or malformed query or filters (unknown field, bad range ...)",
     404: "No such product, image or route",
     409: "The index was built by another model than the one encoding queries",
-    413: "The request body or the image is too large",
+    413: "The request body, one of its form fields or the image is too large",
     415: "The upload is not an image in an accepted format, or cannot be decoded",
-    422: "A parameter has the wrong type or is missing",
+    422: "A parameter has the wrong type, is out of its range (k) or is missing",
     500: "An internal error (the message holds no details)",
     503: "The service is too busy to process the image in time; retry later",
 }
@@ -61,6 +61,11 @@ class Redactor:
         return message
 
 
+def size_text(limit: int) -> str:
+    """A byte limit as messages say it: "10 MB", "256 KiB"."""
+    return f"{limit / 2**20:g} MB" if limit >= 2**20 else f"{limit / 1024:g} KiB"
+
+
 def _error(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
@@ -76,8 +81,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.per_path.get(scope["path"], self.default)
-        size = f"{limit / 2**20:g} MB" if limit >= 2**20 else f"{limit / 1024:g} KiB"
-        too_large = f"the request body is larger than {size}"
+        too_large = f"the request body is larger than {size_text(limit)}"
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             return await _error(413, too_large)(scope, receive, send)
@@ -144,4 +148,4 @@ def install_error_handlers(app: FastAPI, redact: Redactor) -> None:
         return _error(500, "internal error")
 
 
-__all__ = ["BodyLimit", "ERROR_RESPONSES", "ErrorBody", "Redactor", "install_error_handlers"]
+__all__ = ["BodyLimit", "ERROR_RESPONSES", "ErrorBody", "Redactor", "install_error_handlers", "size_text"]

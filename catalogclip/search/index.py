@@ -32,6 +32,7 @@ from catalogclip.search.backend import EXACT_KINDS, Connection, Selection, Vecto
 from catalogclip.search.lexical import LexicalIndex, LexicalParams, lexical_folder
 from catalogclip.search.query import CATEGORY_FIELD, CATEGORY_SEP, Filter, QueryError, parse_filters
 from catalogclip.search.store import COMMIT_KEYS, MetadataStore
+from catalogclip.search.text import fold
 
 FORMAT_VERSION = 2  # 2: a lexical (BM25) side
 META_FILE = "meta.sqlite"
@@ -311,7 +312,18 @@ class ProductIndex:
         for clause in filters:
             if clause.is_range and not self._fields.get(clause.field):
                 raise QueryError(f"filter '{clause.field}' has non-numeric values: give values, not a range")
-        return filters
+        return [self._as_spelled(clause) if clause.field == CATEGORY_FIELD else clause for clause in filters]
+
+    def _as_spelled(self, clause: Filter) -> Filter:
+        """A category clause naming the paths as this index spells them: categories match ignoring
+        case and accents, as attribute values do ("apparel" selects "Apparel"), on every backend,
+        since the backends then compare exact paths. A path the index lacks stays, selecting nothing."""
+        if self._spellings is None:  # built whole before it is shared: other request threads read it
+            spellings: dict[str, list[str]] = {}
+            for path in self.category_paths():
+                spellings.setdefault(fold(path), []).append(path)
+            self._spellings = spellings
+        return replace(clause, values=tuple(p for value in clause.values for p in self._spellings.get(fold(value), [value])))
 
     # --- search -------------------------------------------------------------------------------
     # Searches come in two forms: Hits (products loaded), and `Found` rows (product row, score,
@@ -459,6 +471,7 @@ class ProductIndex:
         self._tree: list[dict] | None = None
         self._vocabulary: dict[str, list[str]] | None = None
         self._paths: list[str] | None = None
+        self._spellings: dict[str, list[str]] | None = None  # fold(path) -> category paths
         self._max_images = self._count_max_images()
 
     def _count_max_images(self) -> int:

@@ -5,7 +5,7 @@ Filters are plain data, the same from the CLI, the API and the web page::
     {"brand": "Puma",                      # equality (case-insensitive)
      "colour": ["Black", "Red"],           # any of these values
      "price": {"min": 10, "max": 50},      # numeric range, either bound optional
-     "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths)
+     "category": "Footwear > Shoes"}       # the category subtree (a path, or a list of paths; case-insensitive)
 
 Entity recognition finds known entity values in a query ("black puma running shoes" ->
 brand=Puma, colour=Black) by dictionary lookup over word n-grams, longest match first, on
@@ -47,6 +47,16 @@ def check_clean(text: str, what: str) -> str:
     return text
 
 
+#: the integers a filter may hold: JSON clients, and orjson echoing the filters back, handle no wider ones
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_int64(value, where: str) -> None:
+    """Refuse an integer wider than 64 bits (such a value can still be given as a string)."""
+    if isinstance(value, int) and value not in _INT64:
+        raise QueryError(f"filter '{where}' has an integer beyond 64 bits; write it as a string")
+
+
 def _describe(value) -> str:
     """A short, printable account of a bad value (never the repr of a huge or deep structure)."""
     return repr(value)[:40] if isinstance(value, (str, int, float, bool)) or value is None else f"a {type(value).__name__}"
@@ -78,6 +88,7 @@ def _number(value, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise QueryError(f"filter '{where}' must be a number, got {_describe(value)}")
+    _check_int64(value, where)
     try:
         number = float(value)
     except ValueError:
@@ -95,6 +106,7 @@ def _values(field: str, raw) -> tuple[str, ...]:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (str, int, float)) or item in (math.inf, -math.inf) or item != item:
             raise QueryError(f"filter '{field}' values must be strings, got {_describe(item)}")
+        _check_int64(item, field)
         text = check_clean(str(item), f"filter '{field}' value")
         text = normalise_category(text) if field == CATEGORY_FIELD else text.strip()
         if not text:

@@ -2,9 +2,10 @@
 
 Every bad input gets a 4xx with the one error body of catalogclip/search/errors.py
 (``{"detail": message}``): an empty, overlong or unusable query or filter (400), an unknown
-product or image (404), an index built by another model (409), an oversized body or image (413),
-an upload that is not an accepted image (415), a mistyped parameter (422), an image that cannot be
-processed in time (503). No message or product carries a server path.
+product or image (404), an index built by another model (409), an oversized body, form field or
+image (413), an upload that is not an accepted image (415), a mistyped or out-of-range parameter
+such as `k` (422), an image that cannot be processed in time (503). No message or product carries
+a server path, and every product URL carries its id percent-encoded (`product_url`).
 
 Uploads are sniffed (JPEG, PNG, WebP, GIF, BMP only) before Pillow sees them, then decoded and
 encoded off the event loop with a time budget, in threads of their own, so they never stall it
@@ -23,20 +24,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, BinaryIO, Callable, Iterator, Literal
+from urllib.parse import quote, unquote
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.routing import Match
+from starlette.types import Scope
 
 from catalogclip.search.batching import BatchingEncoder
 from catalogclip.search.engine import MAX_K, LiveEngine, SearchEngine, SearchResult
 from catalogclip.search.index import ProductIndex
-from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers
+from catalogclip.search.errors import ERROR_RESPONSES, BodyLimit, Redactor, install_error_handlers, size_text
 from catalogclip.search.query import QueryError
-from catalogclip.search.uploads import FORMATS, content_type, decode_image, sniff_file
+from catalogclip.search.uploads import FORMATS, content_type, decode_image, open_image_file
 
 Mode = Literal["vector", "lexical", "hybrid"]  # catalogclip.search.fusion.MODES
 WEB_DIR = Path(__file__).parent / "web"
@@ -47,9 +53,13 @@ MAX_BODY_BYTES = 256 * 1024
 IMAGE_TIMEOUT_S = 10.0
 
 
+#: bounds of `k`, the number of results, declared on every route: out of them (or not an integer) is a 422
+K_RANGE = {"ge": 1, "le": MAX_K}
+
+
 class SearchBody(BaseModel):
     q: str
-    k: int = 10
+    k: int = Field(10, strict=True, **K_RANGE)  # a JSON integer: not true, not 1e2
     filters: dict[str, Any] | None = None
     mode: Mode = "hybrid"
     strict: bool = False
@@ -67,20 +77,25 @@ def _filters(raw: str | None) -> dict | None:
         raise QueryError("filters is not a JSON object this service accepts (too deep or too large numbers)") from None
 
 
+def product_url(product_id: str, *rest: str | int) -> str:
+    """The URL of a product route: the id percent-encoded whole ("SKU/123" -> "SKU%2F123", "?",
+    "#", spaces ...), so any catalog id is one path segment (`EncodedPathRoute` decodes it)."""
+    return "/".join(["/products", quote(product_id, safe=""), *map(str, rest)])
+
+
 def _image_json(product_id: str, number: int, image) -> dict:
     """A product image as the API shows it: where to fetch it, never where the server keeps it."""
-    out = {**image.to_json(), "url": f"/products/{product_id}/images/{number}"}
+    out = {**image.to_json(), "url": product_url(product_id, "images", number)}
     del out["path"]
     return out
 
 
 def _product_json(product, score: float | None = None, image: int = 0, sides: dict | None = None) -> dict:
-    base = f"/products/{product.id}/images"
     out = {
         **product.to_json(),
         "images": [_image_json(product.id, n, im) for n, im in enumerate(product.images)],
-        "image_urls": [f"{base}/{n}" for n in range(len(product.images))],
-        "image_url": f"{base}/{image}",
+        "image_urls": [product_url(product.id, "images", n) for n in range(len(product.images))],
+        "image_url": product_url(product.id, "images", image),
     }
     if score is not None:
         out["score"] = round(score, 6)
@@ -95,21 +110,37 @@ def _result_json(result: SearchResult) -> dict:
     return body
 
 
+def _chunks(file: BinaryIO, size: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """The first `size` bytes of an open file (no more than the Content-Length sent), in chunks;
+    the file is closed after the last one."""
+    with file:
+        while size > 0 and (data := file.read(min(chunk, size))):
+            size -= len(data)
+            yield data
+
+
 def _json(body: dict) -> Response:
     """`body` serialised by orjson in one call: FastAPI's own path walks it in Python first
     (`jsonable_encoder`, 0.8 ms for ten results, more than the vector search)."""
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+#: how Starlette's form parsers say a field passed `max_part_size` (they raise one exception type for every problem)
+_FIELD_TOO_LARGE = ("Part exceeded maximum size", "Field exceeded maximum size")
+
+
 async def _upload_form(request: Request) -> tuple[bytes, dict[str, str]]:
     """(file bytes, other fields) of a multipart upload with one file field named `file`
-    (`BodyLimit` bounds its size)."""
+    (`BodyLimit` bounds its size; each other field is small, as a JSON body is)."""
     try:
-        form = await request.form(max_files=1, max_fields=8)
+        form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_BODY_BYTES)
     except HTTPException:
         raise
-    except Exception as exc:  # starlette raises its own MultiPartException types
-        raise HTTPException(400, f"cannot read the multipart form: {getattr(exc, 'message', exc)}") from None
+    except Exception as exc:  # Starlette's own 400 (an HTTPException of its own) or MultiPartException
+        reason = str(getattr(exc, "detail", None) or getattr(exc, "message", exc))
+        if reason.startswith(_FIELD_TOO_LARGE):
+            raise HTTPException(413, f"a form field is larger than {size_text(MAX_BODY_BYTES)}") from None
+        raise HTTPException(400, f"cannot read the multipart form: {reason}") from None
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise HTTPException(400, "the form has no file field named 'file'")
@@ -117,13 +148,35 @@ async def _upload_form(request: Request) -> tuple[bytes, dict[str, str]]:
     return await upload.read(), fields
 
 
-def _k(raw: str | None) -> int:
-    if raw is None:
-        return 10
+class ImageFields(BaseModel):
+    """The upload form's fields besides `file` (strings, as forms send them)."""
+
+    k: int = Field(10, **K_RANGE)
+    filters: str = Field("", description="JSON object of filters")
+
+
+def _image_fields(fields: dict[str, str]) -> ImageFields:
+    """The form's fields validated as a JSON body's are, with the same 422 for a bad `k`."""
     try:
-        return int(raw)
-    except ValueError:
-        raise QueryError(f"k must be an integer, got {raw[:20]!r}") from None
+        return ImageFields.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+
+
+class EncodedPathRoute(APIRoute):
+    """A route matched against the path as the client sent it, percent-encoded, each parameter
+    decoded afterwards. Starlette routes the decoded path, where the id "SKU/123" (sent as
+    SKU%2F123) would be two segments: 404, or worse, the id "a/similar" would reach the similar
+    route of product "a"."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        raw = scope.get("raw_path")
+        if scope["type"] != "http" or raw is None:
+            return super().matches(scope)
+        match, child = super().matches({**scope, "path": raw.decode("latin-1")})
+        if match != Match.NONE:
+            child["path_params"] = {name: unquote(v) if isinstance(v, str) else v for name, v in child["path_params"].items()}
+        return match, child
 
 
 class ImageWorkers:
@@ -239,7 +292,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
 
     @app.get("/search", operation_id="search", responses=_result_links())
     def search_get(
-        q: str = "", k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
+        q: str = "", k: int = Query(10, **K_RANGE), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
     ) -> dict:
         return _json(_result_json(live.answer(lambda engine: engine.search_text(q, k, _filters(filters), mode, strict))))
 
@@ -258,11 +311,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
                         "schema": {
                             "type": "object",
                             "required": ["file"],
-                            "properties": {
-                                "file": {"type": "string", "format": "binary"},
-                                "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
-                                "filters": {"type": "string", "description": "JSON object of filters"},
-                            },
+                            "properties": {"file": {"type": "string", "format": "binary"}, **ImageFields.model_json_schema()["properties"]},
                         }
                     }
                 },
@@ -271,8 +320,9 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         },
     )
     async def search_image(request: Request) -> dict:
-        data, fields = await _upload_form(request)
-        k, filters = _k(fields.get("k")), _filters(fields.get("filters"))
+        data, form = await _upload_form(request)
+        fields = _image_fields(form)
+        k, filters = fields.k, _filters(fields.filters)
 
         def decode_and_search() -> SearchResult:
             image = decode_image(data)
@@ -282,7 +332,7 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
         return _json(_result_json(await images.run(decode_and_search)))
 
     @app.get("/category", operation_id="category")
-    def category(path: str | None = None, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None, within: bool = True) -> dict:
+    def category(path: str | None = None, k: int = Query(10, **K_RANGE), filters: str | None = None, within: bool = True) -> dict:
         """The category tree; with `path`, also the products for that category query."""
 
         def answer(engine: SearchEngine) -> dict:
@@ -297,33 +347,47 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     def facets() -> dict:
         return {"facets": live.current().index.facets()}
 
-    @app.get("/products/{product_id}", operation_id="product")
+    def product_route(path: str, **kwargs) -> Callable:
+        """`app.get` for a route under /products/{product_id}: an `EncodedPathRoute`."""
+
+        def register(endpoint: Callable) -> Callable:
+            app.router.add_api_route(path, endpoint, route_class_override=EncodedPathRoute, **kwargs)
+            return endpoint
+
+        return register
+
+    @product_route("/products/{product_id}", operation_id="product")
     def product(product_id: str) -> dict:
         return _json(_product_json(product_or_404(live.current().index, product_id)))
 
-    @app.get("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
-    def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K), filters: str | None = None) -> dict:
+    @product_route("/products/{product_id}/similar", operation_id="similar", responses=_result_links())
+    def similar(product_id: str, k: int = Query(10, **K_RANGE), filters: str | None = None) -> dict:
         def answer(engine: SearchEngine) -> SearchResult:
             product_or_404(engine.index, product_id)
             return engine.similar(product_id, k, _filters(filters))
 
         return _json(_result_json(live.answer(answer)))
 
-    @app.get("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
-    def product_image(product_id: str, number: int) -> Response:
+    @product_route("/products/{product_id}/images/{number}", operation_id="product_image", response_class=Response, responses=_image_route_doc())
+    def product_image(product_id: str, number: int, request: Request) -> Response:
         """Image `number` of a product, as the index recorded it, if it is an accepted image."""
         index = live.current().index
         found = product_or_404(index, product_id)
         try:
-            path = index.image_file(found, number)
-            media_type = sniff_file(path)
+            opened = open_image_file(index.image_file(found, number))
         except KeyError as exc:
             raise HTTPException(404, exc.args[0]) from None
-        except OSError:
-            media_type = None
-        if media_type is None:
+        if opened is None:
             raise HTTPException(404, f"image {number} of product '{product_id}' is missing or not an image")
-        return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        file, size, media_type = opened
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+        if request.method == "HEAD":  # what a GET would answer, without reading the file
+            file.close()
+            return Response(headers=headers, media_type=media_type)
+        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+
+    # HEAD as GET without the body (FastAPI adds no HEAD to a GET route); one documented operation
+    product_route("/products/{product_id}/images/{number}", methods=["HEAD"], response_class=Response, include_in_schema=False)(product_image)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

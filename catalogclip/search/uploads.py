@@ -2,13 +2,17 @@
 
 The format is sniffed from the first bytes before Pillow sees anything, and Pillow is then told
 to use that one plugin: a PostScript/EPS upload is refused without Ghostscript ever starting, and
-a file claiming to be a PNG is never handed to another decoder.
+a file claiming to be a PNG is never handed to another decoder. The catalog's own image files are
+sniffed the same way before the service sends them (`open_image_file`).
 """
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -45,11 +49,31 @@ def content_type(name: str) -> str:
     return FORMATS[name][0]
 
 
-def sniff_file(path: Path) -> str | None:
-    """The content type of an allowed image file, None when the file is something else."""
-    with open(path, "rb") as fh:
-        found = sniff_format(fh.read(16))
-    return content_type(found) if found else None
+def _open_without_waiting(path: str, flags: int) -> int:
+    """`os.open` that never blocks (a FIFO's open waits for a writer; O_NONBLOCK does not change
+    reads of a regular file) and follows no symlink (`path` is resolved: a symlink there now was
+    swapped in after the check that it stays inside the catalog root)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+
+
+def open_image_file(path: Path) -> tuple[BinaryIO, int, str] | None:
+    """An accepted image file, open at its start, with its size and content type; None for
+    anything else (missing, not a regular file, another format). Serve this handle, not the
+    path: then what was checked is what is sent, whatever replaces the path meanwhile."""
+    try:
+        file = open(path, "rb", opener=_open_without_waiting)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(file.fileno())
+        found = sniff_format(file.read(16)) if stat.S_ISREG(info.st_mode) else None
+        if found is not None:
+            file.seek(0)
+            return file, info.st_size, content_type(found)
+    except OSError:
+        pass
+    file.close()
+    return None
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
@@ -79,4 +103,4 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int 
     return image
 
 
-__all__ = ["ALLOWED", "FORMATS", "ImageRejected", "MAX_IMAGE_PIXELS", "content_type", "decode_image", "sniff_file", "sniff_format"]
+__all__ = ["ALLOWED", "FORMATS", "ImageRejected", "MAX_IMAGE_PIXELS", "content_type", "decode_image", "open_image_file", "sniff_format"]
