@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Literal
+from typing import Annotated, Any, BinaryIO, Callable, Iterator, Literal
 from urllib.parse import quote, unquote
 
 import orjson
@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -57,9 +57,18 @@ IMAGE_TIMEOUT_S = 10.0
 K_RANGE = {"ge": 1, "le": MAX_K}
 
 
+def _json_schema_integer(value: Any) -> Any:
+    """`k` as the published schema's "integer" reads: 5, and 5.0 or 5e0 (JSON Schema counts a
+    number with no fraction as an integer, so clients and schemathesis may send it); not true, "5"
+    or 5.5 (pydantic's lax int would take the first two)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("Input should be a valid integer")
+    return int(value)
+
+
 class SearchBody(BaseModel):
     q: str
-    k: int = Field(10, strict=True, **K_RANGE)  # a JSON integer: not true, not 1e2
+    k: Annotated[int, BeforeValidator(_json_schema_integer)] = Field(10, **K_RANGE)
     filters: dict[str, Any] | None = None
     mode: Mode = "hybrid"
     strict: bool = False
