@@ -20,6 +20,7 @@ from catalogclip.search.backend import Connection
 from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
 
 SYNTH_ENTITIES = ["brand", "colour", "pattern", "material", "season", "gender"]
+SHOP_EXPORT = "woocommerce-export.csv"  # beside the catalog, whose folder holds the images it names
 EXAMPLE_QUERIES = ["black puma sneakers", "golden goose print t-shirt", "red striped backpack"]
 
 
@@ -101,6 +102,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     catalog = generate_catalog(out / "catalog", n_products=config.products, seed=config.seed)
     stats = catalog_stats(read_jsonl(catalog), check_images=False)
     say(f"    {stats['products']} products, {stats['images']} images, category depth {stats['category']['depth']['max']}")
+    shop, imported = shop_export(catalog)
+    say(f"    written as a shop's export (catalog/{SHOP_EXPORT}, WooCommerce's product CSV), imported back to catalog/{shop.name}: {imported}")
 
     runs: dict[str, Path] = {}
     planned = config.all_runs()
@@ -119,8 +122,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     baseline = out / "runs" / "bm25"
     evaluate_baseline("bm25", ["full", "sample100", "category"], baseline, run_inputs(runs["clip"]))
 
-    say(f"4/6 index the catalog with the EI-CLIP run (vectors in {(config.vectors and config.vectors.backend) or 'faiss'})")
-    searches = index_and_search(runs["eiclip"], out / "index", config.vectors, config.engine)
+    say(f"4/6 index the shop's imported export with the EI-CLIP run (vectors in {(config.vectors and config.vectors.backend) or 'faiss'})")
+    searches = index_and_search(runs["eiclip"], out / "index", shop, config.vectors, config.engine)
     say("5/6 shopper queries: the EI-CLIP run's test products indexed, attribute-queries in every search mode")
     shopper = shopper_queries(runs["eiclip"], out)
 
@@ -156,7 +159,22 @@ def milvus_lite(out: Path) -> Connection:
     return Connection("milvus", str(Path(out).resolve() / "milvus.db"), collection="demo")
 
 
-def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None = None,
+def shop_export(catalog: Path) -> tuple[Path, str]:
+    """The catalog written as a shop's WooCommerce export beside it and imported back with the
+    `woocommerce` reader, as a shop's own catalog would be: (the imported catalog, what the import said)."""
+    from catalogclip.catalog.exports import write_woocommerce_csv
+    from catalogclip.catalog.problems import ProblemLog
+    from catalogclip.catalog.readers import read_catalog
+    from catalogclip.catalog.schema import read_jsonl, write_jsonl
+
+    export = write_woocommerce_csv(read_jsonl(catalog), catalog.parent / SHOP_EXPORT)
+    problems = ProblemLog()
+    imported = read_catalog("woocommerce", export, problems)
+    images = sum(len(product.images) for product in imported)
+    return write_jsonl(imported, catalog.parent / "shop.jsonl"), f"{images} merchant images; {problems.summary()}"
+
+
+def index_and_search(run_dir: Path, index_dir: Path, catalog: Path, vectors: Connection | None = None,
                      engine: EmbeddingEngine | None = None) -> dict[str, dict]:
     """Build the search index of the run's catalog and answer the example queries (hybrid:
     the model's vectors and BM25, fused; each hit says which side found it), the query towers
@@ -165,7 +183,7 @@ def index_and_search(run_dir: Path, index_dir: Path, vectors: Connection | None 
     from catalogclip.search.engine import open_engine
     from catalogclip.search.service import ServiceOptions
 
-    index_run(run_dir, index_dir, options=BuildOptions(progress=False, connection=vectors, engine=engine))
+    index_run(run_dir, index_dir, catalog, options=BuildOptions(progress=False, connection=vectors, engine=engine))
     opened = open_engine(index_dir, run_dir)
     engine = opened.with_encoder(opened.encoder.on_runtime(ServiceOptions.query_runtime))
     return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from catalogclip.catalog.problems import ProblemLog
 from catalogclip.catalog.readers import READERS, ReaderOptions, read_catalog
 from catalogclip.catalog.readers.woocommerce import split_list
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, read_jsonl, split_values
 from catalogclip.cli import app
 from test_readers import write_jpeg
 
@@ -150,3 +151,35 @@ def test_cli_import_lists_and_reads_the_format(tmp_path):
     assert rows[0]["images"][0] == {"path": "images/hoodie.jpg", "source": "merchant"}
     assert rows[0]["attributes"]["colour"] == "Red | Blue"  # normalised: Color -> colour
     assert rows[1]["attributes"] == {"brand": "Kiln", "material": "Stoneware"}
+
+
+def test_a_catalog_written_as_a_woocommerce_export_reads_back_with_what_the_export_carries(tmp_path):
+    from catalogclip.catalog.exports import write_woocommerce_csv
+    from catalogclip.catalog.synth import generate_catalog
+    from catalogclip.demo import shop_export
+
+    source = generate_catalog(tmp_path / "synth", n_products=6, image_size=48, workers=1)
+    original = read_catalog("jsonl", source, ProblemLog())
+    export = write_woocommerce_csv(read_jsonl(source), tmp_path / "synth" / "export.csv")
+    problems = ProblemLog()
+    back = read_catalog("woocommerce", export, problems)
+    assert problems.counts() == {} and [p.id for p in back] == [p.id for p in original]
+    for theirs, ours in zip(back, original):
+        assert (theirs.title, theirs.description, theirs.category_path) == (ours.title, ours.description, ours.category_path)
+        assert theirs.attributes == ours.attributes
+        # an export carries the merchant's shots, not the customer photos, boxes or splits
+        assert [im.path for im in theirs.images] == [im.path for im in ours.images if im.source == "merchant"]
+    shop, said = shop_export(source)
+    assert [p.id for p in read_jsonl(shop)] == [p.id for p in original] and said.startswith("6 merchant images; 6 usable")
+
+
+def test_commas_and_html_in_values_survive_the_export(tmp_path):
+    from catalogclip.catalog.exports import write_woocommerce_csv
+
+    write_jpeg(tmp_path / "a.jpg")
+    odd = Product("x1", "Mug, large", "Fish & chips <b>not bold</b>", [ImageRef("a.jpg")],
+                  {"brand": "Kiln, Co", "material": "Clay, fired | Glaze"}, ["Home, Garden", "Mugs"])
+    export = write_woocommerce_csv(Catalog([odd], tmp_path), tmp_path / "export.csv")
+    (back,) = read_catalog("woocommerce", export, ProblemLog())
+    assert (back.title, back.description, back.category_path) == (odd.title, odd.description, odd.category_path)
+    assert split_values(back.attributes["material"]) == ["Clay, fired", "Glaze"] and back.attributes["brand"] == "Kiln, Co"

@@ -368,7 +368,7 @@ def write_jsonl(catalog: Catalog, path: str | Path) -> Path:
         row = product.to_json()
         for im_row, image in zip(row["images"], product.images):
             if not is_url(image.path):
-                im_row["path"] = _relative_path(catalog.image_path(image), out_root)
+                im_row["path"] = relative_path(catalog.image_path(image), out_root)
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path
@@ -385,7 +385,8 @@ def external_image_root(catalog: Catalog, folder: str | Path) -> Path | None:
     return None
 
 
-def _relative_path(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """`path` (resolved) relative to `root` in POSIX form, or absolute where it lies outside it."""
     resolved = path.resolve()
     try:
         return resolved.relative_to(root).as_posix()

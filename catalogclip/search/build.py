@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from catalogclip.catalog.problems import ProblemLog
-from catalogclip.catalog.schema import Catalog, ImageRef, Product, _relative_path
+from catalogclip.catalog.schema import Catalog, ImageRef, Product, relative_path
 from catalogclip.embeddings import Encoder
 from catalogclip.featurise.engines import EmbeddingEngine, ImageJob, LocalEngine, Shard, ShardResult
 from catalogclip.io import atomic_path, atomic_write_json
@@ -241,7 +241,7 @@ def _update_index(
 def _rebased(product: Product, catalog: Catalog, root: Path) -> Product:
     """The product with image paths relative to `root` (the index's catalog folder) where possible."""
     root = Path(root).resolve()
-    images = [ImageRef(_relative_path(catalog.image_path(im), root), im.source, im.bbox) for im in product.images]
+    images = [ImageRef(relative_path(catalog.image_path(im), root), im.source, im.bbox) for im in product.images]
     return replace(product, images=images)
 
 
