@@ -57,21 +57,23 @@ def product_image(product: Product) -> ImageRef | None:
 
 @torch.no_grad()
 def embed_fused_products(
-    method: Method, products: list[Product], image_features: list[torch.Tensor | None], batch_size: int = 256
+    method: Method, products: list[Product], tower_outputs: list[torch.Tensor | None], batch_size: int = 256
 ) -> np.ndarray:
-    """`method.embed_products` of each product from the tower features of its `product_image`.
+    """`method.embed_products` of each product from the image-tower outputs (of `tower_kind`) of
+    its `product_image`.
 
     A product whose image could not be read gets a zero row: it scores 0 against every query.
     """
+    field = CACHED_IMAGE_FIELDS[tower_kind(method)]
     out = np.zeros((len(products), method.backbone.embed_dim), np.float32)
-    rows = [i for i, features in enumerate(image_features) if features is not None]
+    rows = [i for i, outputs in enumerate(tower_outputs) if outputs is not None]
     for chunk in _chunks(rows, batch_size):
         chosen = [products[i] for i in chunk]
         batch = Batch(
             product_keys=torch.arange(len(chunk)),
             texts=[method.product_text(p) for p in chosen],
-            image_features=torch.stack([image_features[i] for i in chunk]),
             attribute_texts=[attribute_text(p) for p in chosen],
+            **{field: torch.stack([tower_outputs[i] for i in chunk])},
         )
         out[list(chunk)] = _numpy(method.embed_products(batch.to(method.backbone.device)))
     return out

@@ -80,10 +80,11 @@ def test_a_prefix_cache_needs_a_frozen_front_and_holds_its_output(tmp_path):
     torch.testing.assert_close(rows.float(), expected, atol=2e-3, rtol=2e-3)
 
 
-@pytest.mark.parametrize("method", ["clip", "eclip"])
+@pytest.mark.parametrize("method", ["clip", "eclip", "clipita"])
 def test_training_the_last_block_from_the_cached_front(brand_catalog, tmp_path, method):
     """The trainer reads the front's output from the cache and trains the last block; the run's
-    embeddings from the cache equal those from pixels, so the index and the service agree."""
+    embeddings (and CLIP-ITA's fused product vectors) from the cache equal those from pixels, so
+    the index and the service agree."""
     cache = tmp_path / "cache"
     config = RunConfig(
         method=method,
@@ -104,3 +105,6 @@ def test_training_the_last_block_from_the_cached_front(brand_catalog, tmp_path, 
     from_cache = embed_catalog(trained, catalog, cache_dir=cache, progress=False)
     from_pixels = embed_catalog(trained, catalog, progress=False)
     np.testing.assert_allclose(from_cache.image, from_pixels.image, atol=5e-3)
+    if method == "clipita":
+        assert from_cache.product.shape == (len(catalog.products), 16)
+        np.testing.assert_allclose(from_cache.product, from_pixels.product, atol=5e-3)
