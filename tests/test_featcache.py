@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +33,21 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 class CountingLoader:
-    """load_fn that counts the images it opens (and can fail at the n-th, like a killed run)."""
+    """load_fn that counts the images it opens (and can fail at the n-th, like a killed run; each
+    open can take `delay` seconds)."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, fail_at: int | None = None, delay: float = 0.0) -> None:
         self.opened: list[Path] = []
         self.fail_at = fail_at
+        self.delay = delay
+        self._lock = threading.Lock()  # images are decoded by concurrent threads
 
     def __call__(self, path: Path) -> Image.Image:
-        if self.fail_at is not None and len(self.opened) == self.fail_at:
-            raise KeyboardInterrupt("killed")
-        self.opened.append(path)
+        time.sleep(self.delay)
+        with self._lock:
+            if self.fail_at is not None and len(self.opened) == self.fail_at:
+                raise KeyboardInterrupt("killed")
+            self.opened.append(path)
         with Image.open(path) as image:
             return image.convert("RGB")
 
@@ -157,6 +164,30 @@ def test_refresh_sees_shards_written_by_another_process(tmp_path):
     assert reader.missing(paths) == [0, 1]
     reader.refresh()
     assert reader.missing(paths) == []
+
+
+def test_fillers_that_start_together_compute_each_image_once(tmp_path):
+    """Two fillers (threads here; each holds its own lock handle, as a process would) start on the
+    same missing images: the second waits for the first and reads its rows instead of recomputing."""
+    backbone = frozen_tiny()
+    paths = write_images(tmp_path / "images", 6)
+    loader = CountingLoader(delay=0.05)
+    start = threading.Barrier(2)
+    results: list[torch.Tensor] = []
+
+    def fill() -> None:
+        cache = FeatureCache(tmp_path / "cache", backbone)
+        start.wait()
+        results.append(cache.fill(paths, loader, batch_size=2, progress=False))
+
+    threads = [threading.Thread(target=fill) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(loader.opened) == paths
+    assert len(list((tmp_path / "cache").glob("*/shard-*.json"))) == 1
+    torch.testing.assert_close(results[0], results[1])
 
 
 def test_text_features_cache(tmp_path):

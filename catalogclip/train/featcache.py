@@ -8,6 +8,8 @@ of the backbone's `feature_id` (or `text_feature_id`) and the kind. Inside, shar
 
 A shard counts once its ``.json`` exists and agrees with its ``.npy``, so a killed run leaves at
 worst an ignored orphan ``.npy``, never a half-read shard; concurrent writers use distinct shard ids.
+A fill holds an exclusive `flock` on ``fill.lock`` in the namespace and looks again for what is
+missing once it has it, so processes that start filling the same items together compute each once.
 An image's key is its resolved path + size + mtime, so an edited image is recomputed; a text's key
 is the string. Image rows are computed by an embedding engine (catalogclip/featurise) on the tower
 runtime `runtime` picks; every runtime offered computes in fp32 and agrees with eager PyTorch to a
@@ -17,8 +19,10 @@ for 100k images. Stale rows (edited images) stay on disk until the namespace fol
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,12 +172,26 @@ class FeatureCache:
         if self.kind != "text" and load_fn is None:
             raise ValueError(f"filling a '{self.kind}' cache needs load_fn (path -> PIL image)")
         keys = [self.key(item) for item in items]
-        todo = list({key: item for key, item in zip(keys, items) if key not in self._index}.items())
-        if self.kind == "text":
-            self._fill_texts(todo, batch_size, progress)
-        elif todo:
-            self._fill_images(todo, load_fn, batch_size, progress)
+        if any(key not in self._index for key in keys):
+            with self._fill_lock():
+                self.refresh()  # what another filler added while this one waited
+                todo = list({key: item for key, item in zip(keys, items) if key not in self._index}.items())
+                if self.kind == "text":
+                    self._fill_texts(todo, batch_size, progress)
+                elif todo:
+                    self._fill_images(todo, load_fn, batch_size, progress)
         return self._gather([self._index[key] for key in keys])
+
+    @contextmanager
+    def _fill_lock(self) -> Iterator[None]:
+        """One filler per namespace at a time; the kernel drops the lock if its holder dies."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / "fill.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _fill_images(self, todo: list[tuple[str, Item]], load_fn: Callable[[Path], Image.Image], batch_size: int, progress: bool) -> None:
         chunks = [todo[start : start + self.shard_rows] for start in range(0, len(todo), self.shard_rows)]
