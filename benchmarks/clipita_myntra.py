@@ -34,7 +34,7 @@ from catalogclip.catalog.schema import Catalog, all_category_nodes, read_jsonl, 
 from catalogclip.embed import embed_category_paths, embed_fused_products, product_image
 from catalogclip.embeddings import Embeddings
 from catalogclip.evaluate.baselines import text_baseline
-from catalogclip.evaluate.protocols import PROTOCOLS, EmbeddingScorer, Inventory, ProtocolOptions, run_task, seen_categories
+from catalogclip.evaluate.protocols import CATEGORY_METRICS, PROTOCOLS, EmbeddingScorer, Inventory, ProtocolOptions, run_task, seen_categories
 from catalogclip.io import atomic_write_json
 from catalogclip.models.backbones.base import BackboneConfig, build_backbone
 from catalogclip.models.batch import Batch
@@ -47,7 +47,6 @@ from catalogclip.train.trainer import train
 
 RESULTS = Path(__file__).parent / "results" / "clipita_myntra.json"
 MYNTRA = Path("/work/shared/datasets/fashion-myntra")
-METRICS = ("P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision")
 BACKBONE = BackboneConfig(spec="twotower", embed_dim=256)
 MODELS = {  # name -> clipita options
     "CLIP-I": {"variant": "I"},
@@ -124,7 +123,7 @@ def category_table(inventory: Inventory, scorer, seen: set[str]) -> dict:
     task = PROTOCOLS.get("category")(inventory, ProtocolOptions(seen_categories=seen))[0]
     depth = np.array([node.count(" > ") + 1 for node in inventory.categories])
     levels = {f"level{d}": np.flatnonzero(depth == d) for d in sorted(set(depth.tolist()))}
-    task = replace(task, metrics=METRICS, groups={**levels, "unseen": task.groups["unseen"]})
+    task = replace(task, groups={**levels, "unseen": task.groups["unseen"]})
     result = run_task(task, scorer, inventory, n_examples=0)
     return {"metrics": result["metrics"], "n_queries": result["n_queries_per_group"],
             "n_candidates": result["n_candidates"], "seconds": result["seconds"]}
@@ -203,9 +202,9 @@ def print_table(title: str, split: dict) -> None:
         n = next(iter(split["rows"].values()))["n_queries"][level]
         if not n:
             continue
-        print(f"  {level} ({n} queries)" + "".join(f"{m:>12}" for m in METRICS))
+        print(f"  {level} ({n} queries)" + "".join(f"{m:>12}" for m in CATEGORY_METRICS))
         for name, row in split["rows"].items():
-            print(f"    {name:<30}" + "".join(f"{row['metrics'][level][m]:>12.3f}" for m in METRICS))
+            print(f"    {name:<30}" + "".join(f"{row['metrics'][level][m]:>12.3f}" for m in CATEGORY_METRICS))
 
 
 def main() -> None:
@@ -242,7 +241,7 @@ def main() -> None:
             "dataset": str(args.myntra), "products": len(catalog), "max_products": args.max_products,
             "backbone": BACKBONE.__dict__,
             "models": MODELS, "epochs": args.epochs, "batch_size": 256, "head_lr": 1e-3, "test_fraction": 0.2,
-            "split_seed": 0, "train_seed": 0, "metrics": METRICS,
+            "split_seed": 0, "train_seed": 0, "metrics": CATEGORY_METRICS,
             "protocol": "category: queries = every node of the test products' paths, candidates = test products; "
                         "levelN = nodes at depth N; unseen = nodes absent from the training products",
             "features": "frozen towers, cached (float16) tower outputs of each product's representative image",

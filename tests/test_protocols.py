@@ -235,6 +235,7 @@ def test_category_protocol_max_over_images_and_groups():
     for group in ("all", "root", "leaf", "unseen"):
         assert task["metrics"][group]["R-precision"] == 1.0
         assert task["metrics"][group]["P@1"] == 1.0
+    assert task["metrics"]["all"]["P@5"] == pytest.approx(2 / 5)
     assert task["metrics"]["all"]["P@10"] == pytest.approx(2 / 10)
     assert result["model"]["product_scores"] == "max over its images"
 
@@ -246,6 +247,7 @@ def test_category_protocol_uses_fused_product_vectors():
     # shoes nodes: s2 first, s1 (negative score) after both shirts -> ranks 1 and 4; shirts nodes: 1 and 2
     assert task["metrics"]["root"]["R-precision"] == pytest.approx((1 / 2 + 1) / 2)
     assert task["metrics"]["all"]["mAP@10"] == pytest.approx(((1 + 2 / 4) / 2 * 2 + 1 * 2) / 4)
+    assert task["metrics"]["all"]["mAP@5"] == task["metrics"]["all"]["mAP@10"]  # every relevant product is in the top 4
     assert "unseen" not in task["metrics"]
 
 

@@ -156,7 +156,7 @@ def test_report_tables_match_the_eval_files(evaluated, tmp_path):
     expected = 100 * (run_row["values"][-1] - base_row["values"][-1]) / base_row["values"][-1]
     assert run_row["delta"] == pytest.approx(expected) and base_row["delta"] is None
     leaf = tables["category-leaf"]
-    assert leaf["columns"] == ["P@1", "P@10", "P@20", "mAP@10", "mAP@20", "R-precision"]
+    assert leaf["columns"] == ["P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision"]  # the CLIP-ITA paper's
 
     markdown = (out / "report.md").read_text()
     assert "| model | I2T R@1 | I2T R@5 | I2T R@10 | T2I R@1 | T2I R@5 | T2I R@10 | SumR | Δ SumR |" in markdown

@@ -46,7 +46,8 @@ from catalogclip.io import atomic_write_json, read_json
 from catalogclip.registry import Registry
 
 RETRIEVAL_METRICS = ("R@1", "R@5", "R@10", "MRR")
-CATEGORY_METRICS = ("P@1", "P@10", "P@20", "mAP@10", "mAP@20", "R-precision")
+#: the CLIP-ITA paper's columns
+CATEGORY_METRICS = ("P@1", "P@5", "P@10", "mAP@5", "mAP@10", "R-precision")
 CLASSIFICATION_METRICS = ("Acc@1", "Acc@5")
 #: R@K curves go up to this K
 CURVE_MAX_K = 50
