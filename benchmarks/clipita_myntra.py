@@ -119,7 +119,7 @@ def cached_embeddings(method: Method, catalog: Catalog, cache: Path) -> Embeddin
 
 
 def category_table(inventory: Inventory, scorer, seen: set[str]) -> dict:
-    """The `category` protocol with this benchmark's metrics and one group per tree level."""
+    """The `category` protocol with one group per tree level (and the unseen categories)."""
     task = PROTOCOLS.get("category")(inventory, ProtocolOptions(seen_categories=seen))[0]
     depth = np.array([node.count(" > ") + 1 for node in inventory.categories])
     levels = {f"level{d}": np.flatnonzero(depth == d) for d in sorted(set(depth.tolist()))}
