@@ -123,6 +123,9 @@ CANDIDATES = {
     "eclip, select_temperature 1, n_queries 4": ("eclip", {**SOFT, "n_queries": 4}),
     "eclip, select_temperature 1, weight_inter 2": ("eclip", {**SOFT, "weight_inter": 2.0}),
     "eclip, select_temperature 1, n_layers 1 (chosen)": ("eclip", ECLIP),
+    # with the tower's last blocks trained the inter-product loss is what lifts (b): weigh it more
+    "eclip (chosen), weight_inter 2": ("eclip", {**ECLIP, "weight_inter": 2.0}),
+    "eclip (chosen), weight_inter 4": ("eclip", {**ECLIP, "weight_inter": 4.0}),
 }
 ALL_ROWS = {**ROWS, **CANDIDATES}
 SETTINGS = {
