@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from catalogclip.catalog.readers import read_catalog
 from catalogclip.catalog.schema import Catalog, read_jsonl, write_jsonl
@@ -413,9 +414,23 @@ def pooled_over_splits(splits: list[dict], names: list[str]) -> dict:
     return out
 
 
-def verdict(summary: dict) -> dict:
+def paired_gaps(runs: dict, splits: list[str], name: str, key: str) -> dict:
+    """ECLIP minus CLIP run by run, paired on (split, seed) (the same products, seed and batches):
+    how many pairs ECLIP wins, and a paired t-test of the mean gap, which a reader may weigh beside
+    the spread rule (it treats the pairs as independent draws, which splits of one catalog are not quite)."""
+    task, level, metric = key.split("/")
+    pairs = [(runs[split]["clip"][seed][task][level][metric], runs[split][name][seed][task][level][metric])
+             for split in splits for seed in runs[split][name] if seed in runs[split]["clip"]]
+    clip, eclip = map(np.array, zip(*pairs))
+    return {"pairs": len(pairs), "eclip ahead in": int((eclip > clip).sum()), "mean gap": round(float((eclip - clip).mean()), 4),
+            "std of the gaps": round(float((eclip - clip).std(ddof=1)), 4),
+            "paired t-test p (two-sided)": round(float(stats.ttest_rel(eclip, clip).pvalue), 4)}
+
+
+def verdict(summary: dict, runs: dict) -> dict:
     """ECLIP (the chosen configuration, and every candidate) vs CLIP on customer -> merchant retrieval:
-    does the mean gap exceed the larger of the two rows' seed spreads?"""
+    does the mean gap exceed the larger of the two rows' seed spreads? Over (b)'s splits also the
+    run-by-run paired gaps."""
     out = {}
     for setting, rows in summary.items():
         for name in ("eclip (+ inter + intra)", *CANDIDATES):
@@ -431,6 +446,7 @@ def verdict(summary: dict) -> dict:
                 if setting == POOLED:
                     gaps = [summary[split][name][key]["mean"] - summary[split]["clip"][key]["mean"] for split in rows[name]["splits"]]
                     out[f"{setting}: {name} vs clip: {key}"]["eclip ahead on splits"] = f"{sum(g > 0 for g in gaps)} of {len(gaps)}"
+                    out[f"{setting}: {name} vs clip: {key}"]["paired runs"] = paired_gaps(runs, rows[name]["splits"], name, key)
     return out
 
 
@@ -465,7 +481,7 @@ def update_results(path: Path, results: dict, change) -> None:
         current.setdefault("runs", {})
         change(current)
         current["summary"] = summarise(current["runs"])
-        current["verdict"] = verdict(current["summary"])
+        current["verdict"] = verdict(current["summary"], current["runs"])
         current["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
         atomic_write_json(path, current)
         results.update(current)
