@@ -94,12 +94,17 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     from catalogclip.embed import embed_catalog
     from catalogclip.evaluate.report import write_report
     from catalogclip.evaluate.runner import evaluate_baseline, evaluate_run, run_inputs
+    from catalogclip.train.featcache import prune_root
     from catalogclip.train.runs import load_run
     from catalogclip.train.trainer import train
 
     out = config.out
     say(f"1/6 synthetic catalog: {config.products} products")
     catalog = generate_catalog(out / "catalog", n_products=config.products, seed=config.seed)
+    # the images were drawn again: an earlier demo's cached tower outputs of them can never be read
+    pruned = prune_root(out / "featcache")
+    if pruned["rows dropped"]:
+        say(f"    feature cache: {pruned['rows dropped']} rows of an earlier demo's images pruned ({pruned['bytes freed'] / 2**20:.1f} MiB)")
     stats = catalog_stats(read_jsonl(catalog), check_images=False)
     say(f"    {stats['products']} products, {stats['images']} images, category depth {stats['category']['depth']['max']}")
     shop, imported = shop_export(catalog)

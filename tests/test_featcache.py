@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from catalogclip.models.backbones.base import BackboneConfig, build_backbone
-from catalogclip.train.featcache import FeatureCache
+from catalogclip.train.featcache import FeatureCache, prune_root
 
 
 def frozen_tiny(seed: int = 0, **config):
@@ -30,6 +30,12 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def touch_later(path: Path) -> None:
+    """Move an image's mtime on, as an edit or a re-extraction does (also on a coarse-mtime filesystem)."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
 
 class CountingLoader:
@@ -97,8 +103,7 @@ def test_an_edited_image_is_recomputed(tmp_path):
     cache = FeatureCache(tmp_path / "cache", backbone)
     before = cache.fill(paths, CountingLoader(), progress=False)
     Image.new("RGB", (40, 30), (255, 0, 0)).save(paths[1])
-    stat = paths[1].stat()
-    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a coarse-mtime filesystem still sees it
+    touch_later(paths[1])
     assert cache.missing(paths) == [1]
     loader = CountingLoader()
     after = cache.fill(paths, loader, progress=False)
@@ -190,6 +195,46 @@ def test_fillers_that_start_together_compute_each_image_once(tmp_path):
     torch.testing.assert_close(results[0], results[1])
 
 
+def test_prune_drops_rows_of_deleted_or_changed_images_and_keeps_the_rest(tmp_path):
+    backbone = frozen_tiny()
+    paths = write_images(tmp_path / "images", 6)
+    cache = FeatureCache(tmp_path / "cache", backbone, shard_rows=2)
+    before = cache.fill(paths, CountingLoader(), batch_size=2, progress=False)  # shards [0 1] [2 3] [4 5]
+    (cache.folder / "shard-orphan.npy").write_bytes(b"rows of a killed fill")
+    paths[2].unlink()
+    touch_later(paths[3])  # shard [2 3] has no current row left
+    touch_later(paths[5])  # shard [4 5] keeps one
+    report = cache.prune()
+    assert report["rows kept"] == 3 and report["rows dropped"] == 3
+    assert report["shards deleted"] == 1 and report["shards rewritten"] == 1 and report["bytes freed"] > 0
+    reopened = FeatureCache(tmp_path / "cache", backbone)
+    assert len(reopened) == 3 and len(cache) == 3
+    assert sorted(p.name for p in reopened.folder.glob("shard-*")) == sorted(
+        f"{stem}{suffix}" for stem in {p.stem for p in reopened.folder.glob("shard-*.json")} for suffix in (".json", ".npy"))
+    live = [paths[0], paths[1], paths[4]]
+    torch.testing.assert_close(reopened.get(live), before[[0, 1, 4]])
+    assert reopened.missing(paths[3:]) == [0, 2]  # the changed ones are computed again on the next fill
+    assert cache.prune() == {"rows kept": 3, "rows dropped": 0, "shards deleted": 0, "shards rewritten": 0, "bytes freed": 0}
+
+
+def test_prune_root_prunes_every_image_namespace_and_leaves_text_alone(tmp_path):
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(spec="tiny", embed_dim=8, freeze_image=True, freeze_text=True))
+    paths = write_images(tmp_path / "images", 3)
+    root = tmp_path / "cache"
+    features, tokens = (FeatureCache(root, backbone, kind=kind) for kind in ("features", "tokens"))
+    for cache in (features, tokens):
+        cache.fill(paths, CountingLoader(), progress=False)
+    FeatureCache(root, backbone, kind="text").fill(["red shoe", "blue jeans"], progress=False)
+    touch_later(paths[0])
+    report = prune_root(root)
+    assert report["rows dropped"] == 2 and report["rows kept"] == 4 and report["shards rewritten"] == 2
+    for kind in ("features", "tokens"):
+        assert FeatureCache(root, backbone, kind=kind).missing(paths) == [0]
+    assert len(FeatureCache(root, backbone, kind="text")) == 2
+    assert prune_root(tmp_path / "no cache yet")["rows kept"] == 0
+
+
 def test_text_features_cache(tmp_path):
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(spec="tiny", embed_dim=8, freeze_text=True))
@@ -201,6 +246,8 @@ def test_text_features_cache(tmp_path):
     assert FeatureCache(tmp_path / "cache", backbone, kind="text").missing(["blue jeans", "green hat"]) == [1]
     with pytest.raises(ValueError, match="'features' cache needs a frozen image tower"):
         FeatureCache(tmp_path / "cache", backbone)
+    with pytest.raises(ValueError, match="a text cache has no stale rows"):
+        cache.prune()
 
 
 def test_user_errors(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _searchkit import write_catalog
-from test_featcache import frozen_tiny, write_images
+from test_featcache import frozen_tiny, touch_later, write_images
 
 from catalogclip.catalog.schema import read_jsonl
 from catalogclip.embed import RunEncoder
@@ -143,6 +143,12 @@ def test_featurise_command_fills_the_cache_train_reads(brand_catalog, tmp_path):
     again = runner.invoke(app, ["featurise", *flags, "--no-progress"])
     assert f"0 images featurised, {n_images} cached in all" in again.output  # nothing recomputed
     assert (tmp_path / "runs" / ".featcache").is_dir()  # where `train --out runs/x` looks
+    catalog = read_jsonl(brand_catalog)
+    touch_later(catalog.image_path(catalog.products[0].images[0]))  # as an edit or a re-extraction does
+    pruned = runner.invoke(app, ["featurise", *flags, "--prune", "--no-progress"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "pruned 1 stale rows (0 shards deleted, 1 rewritten" in pruned.output and f"{n_images - 1} kept" in pruned.output
+    assert f"1 images featurised, {n_images} cached in all" in pruned.output
     refused = runner.invoke(app, ["featurise", *flags, "--workers", "2"])
     assert refused.exit_code == 2 and "embedding engine 'local' does not take option(s) workers" in refused.output
     trainable = runner.invoke(app, ["featurise", *flags[:4], "--out", str(run)])

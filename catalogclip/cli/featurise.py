@@ -38,6 +38,7 @@ def featurise(
     workers: Optional[int] = WORKERS,
     gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    prune: bool = typer.Option(False, help="First drop the cached rows of images deleted or changed since (never read again)."),
 ) -> None:
     """Cache a frozen image tower's outputs for every readable image of a catalog; a killed run resumes."""
     with user_errors():
@@ -57,6 +58,11 @@ def featurise(
         cache = image_cache(built, feature_cache_dir(run, out), runtime=runtime, engine=engine_options(engine, ray_address, workers, gpus_per_worker))
         if cache is None:
             raise ValueError(f"backbone '{run.backbone.spec}' trains its image tower: there is nothing to cache")
+        if prune:
+            dropped = cache.prune()
+            typer.echo(f"pruned {dropped['rows dropped']} stale rows ({dropped['shards deleted']} shards deleted, "
+                       f"{dropped['shards rewritten']} rewritten, {dropped['bytes freed'] / 2**20:.1f} MiB freed), "
+                       f"{dropped['rows kept']} kept")
         paths = [image.path for image in usable_image_files(products, problems, cache=cache)]
         before = len(cache)
         cache.fill(paths, load_rgb, batch_size=batch_size, progress=progress)

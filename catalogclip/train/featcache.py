@@ -15,7 +15,8 @@ is the string. Image rows are computed by an embedding engine (catalogclip/featu
 runtime `runtime` picks; every runtime offered computes in fp32 and agrees with eager PyTorch to a
 cosine of at least 0.9999, so the namespace does not depend on it (caches made before the runtimes
 existed stay valid) and each shard's ``.json`` records the runtime that made it. The index is an in-memory dict and shards are memory-mapped: lookups stay cheap
-for 100k images. Stale rows (edited images) stay on disk until the namespace folder is deleted.
+for 100k images. Stale rows (of images edited or deleted since) stay on disk until `prune` drops
+them: their keys can never match again.
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ _SOURCES = {
 }
 KINDS = tuple(_SOURCES)
 Item = Path | str
+#: a namespace's record of what its rows are (its source id and kind)
+SOURCE = "source.json"
+#: what pruning reports
+PRUNE_COUNTS = ("rows kept", "rows dropped", "shards deleted", "shards rewritten", "bytes freed")
 
 
 def cacheable(backbone: Backbone, kind: str) -> bool:
@@ -124,11 +129,7 @@ class FeatureCache:
             self._index[key] = (meta_path.stem, row)
 
     def key(self, item: Item) -> str:
-        if self.kind == "text":
-            return str(item)
-        path = Path(item).resolve()
-        stat = path.stat()
-        return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        return str(item) if self.kind == "text" else image_key(item)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -173,7 +174,7 @@ class FeatureCache:
             raise ValueError(f"filling a '{self.kind}' cache needs load_fn (path -> PIL image)")
         keys = [self.key(item) for item in items]
         if any(key not in self._index for key in keys):
-            with self._fill_lock():
+            with fill_lock(self.folder):
                 self.refresh()  # what another filler added while this one waited
                 todo = list({key: item for key, item in zip(keys, items) if key not in self._index}.items())
                 if self.kind == "text":
@@ -181,17 +182,6 @@ class FeatureCache:
                 elif todo:
                     self._fill_images(todo, load_fn, batch_size, progress)
         return self._gather([self._index[key] for key in keys])
-
-    @contextmanager
-    def _fill_lock(self) -> Iterator[None]:
-        """One filler per namespace at a time; the kernel drops the lock if its holder dies."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / "fill.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def _fill_images(self, todo: list[tuple[str, Item]], load_fn: Callable[[Path], Image.Image], batch_size: int, progress: bool) -> None:
         chunks = [todo[start : start + self.shard_rows] for start in range(0, len(todo), self.shard_rows)]
@@ -221,11 +211,106 @@ class FeatureCache:
         if pending_keys:
             self._write_shard(pending_keys, np.concatenate(pending_rows), "torch")
 
+    # --- pruning ----------------------------------------------------------------------------
+    def prune(self) -> dict[str, int]:
+        """`prune_folder` on this cache's namespace, then its index read again."""
+        if self.kind == "text":
+            raise ValueError("a text cache has no stale rows to find: its keys are the strings themselves")
+        report = prune_folder(self.folder)
+        self._index, self._shards = {}, {}
+        self.refresh()
+        return report
+
     def _write_shard(self, keys: list[str], rows: np.ndarray, runtime: str) -> None:
-        name = f"shard-{uuid.uuid4().hex[:16]}"
-        if not (self.folder / "source.json").exists():
-            atomic_write_json(self.folder / "source.json", {"source": self.source_id, "kind": self.kind})
-        with atomic_path(self.folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, rows)
-        atomic_write_json(self.folder / f"{name}.json", {"keys": keys, "shape": list(rows.shape), "runtime": runtime})
-        self._load_shard(self.folder / f"{name}.json")
+        if not (self.folder / SOURCE).exists():
+            atomic_write_json(self.folder / SOURCE, {"source": self.source_id, "kind": self.kind})
+        self._load_shard(write_shard(self.folder, keys, rows, runtime))
+
+
+def image_key(item: Item) -> str:
+    """An image's cache key: its resolved path, size and mtime (an edited image gets a new one)."""
+    path = Path(item).resolve()
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def write_shard(folder: Path, keys: list[str], rows: np.ndarray, runtime: str) -> Path:
+    """The rows, then their index (both atomically): the shard counts once the index is there."""
+    name = f"shard-{uuid.uuid4().hex[:16]}"
+    with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, rows)
+    atomic_write_json(folder / f"{name}.json", {"keys": keys, "shape": list(rows.shape), "runtime": runtime})
+    return folder / f"{name}.json"
+
+
+@contextmanager
+def fill_lock(folder: Path) -> Iterator[None]:
+    """One writer per namespace at a time; the kernel drops the lock if its holder dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "fill.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_current(key: str) -> bool:
+    """Whether an image key still names its file as it is now."""
+    try:
+        return image_key(key.rsplit("|", 2)[0]) == key
+    except OSError:
+        return False
+
+
+def prune_folder(folder: Path) -> dict[str, int]:
+    """Drop the rows of an image namespace that can never be read again, because their file was
+    deleted or changed (size or mtime) since: a shard with no current row is deleted, one with
+    some is rewritten with those, and the orphan rows of killed fills go too. Holds the fill lock,
+    so no filler writes meanwhile; a reader that has mapped a removed shard keeps its rows (POSIX)."""
+    report = dict.fromkeys(PRUNE_COUNTS, 0)
+    with fill_lock(folder):
+        before = _bytes(folder)
+        for index in sorted(folder.glob("shard-*.json")):
+            try:
+                meta = json.loads(index.read_text(encoding="utf-8"))
+                keys = meta["keys"]
+                rows = np.load(index.with_suffix(".npy"), mmap_mode="r")
+            except (OSError, ValueError, KeyError):
+                continue  # damaged: never read, and not this function's to judge
+            if rows.shape[0] != len(keys):
+                continue
+            current = [row for row, key in enumerate(keys) if _is_current(key)]
+            report["rows kept"] += len(current)
+            report["rows dropped"] += len(keys) - len(current)
+            if len(current) == len(keys):
+                continue
+            if current:  # the new shard is complete before the old one goes: a kill loses nothing
+                write_shard(folder, [keys[row] for row in current], np.asarray(rows[current]), meta.get("runtime", "unknown"))
+            report["shards rewritten" if current else "shards deleted"] += 1
+            index.unlink()  # the index first: rows without one are never read
+            index.with_suffix(".npy").unlink()
+        for leftover in [*folder.glob("shard-*.npy"), *folder.glob(".shard-*.tmp")]:
+            if not leftover.with_suffix(".json").exists():
+                leftover.unlink()
+        report["bytes freed"] = before - _bytes(folder)
+    return report
+
+
+def prune_root(root: str | Path) -> dict[str, int]:
+    """`prune_folder` on every image namespace under a cache root (each names its kind in
+    source.json; text namespaces are keyed by the strings themselves and have nothing stale)."""
+    total = dict.fromkeys(PRUNE_COUNTS, 0)
+    for source in sorted(Path(root).glob(f"*/{SOURCE}")):
+        try:
+            kind = json.loads(source.read_text(encoding="utf-8"))["kind"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if kind != "text":
+            for name, value in prune_folder(source.parent).items():
+                total[name] += value
+    return total
+
+
+def _bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
