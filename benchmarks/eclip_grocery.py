@@ -264,11 +264,12 @@ def fill_token_cache(catalog: Catalog, cache: Path, config: BackboneConfig) -> d
     if not cacheable(built, kind):
         return {"not cached": f"{config.spec} trains its whole image tower"}
     tokens = FeatureCache(cache, built, kind=kind)
+    pruned = tokens.prune()["rows dropped"]  # a re-extracted data set (new mtimes) leaves a whole stale copy
     paths = [catalog.image_path(image) for _, image in catalog.iter_images()]
     missing = len(tokens.missing(paths))
     started = time.perf_counter()
     tokens.fill(paths, load_rgb, batch_size=32)
-    return {"kind": kind, "images": len(paths), "computed_now": missing,
+    return {"kind": kind, "images": len(paths), "computed_now": missing, "stale_rows_pruned": pruned,
             "seconds": round(time.perf_counter() - started, 1), "namespace": tokens.folder.name}
 
 
