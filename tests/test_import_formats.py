@@ -239,6 +239,29 @@ def test_shopify_groups_rows_by_handle_with_images_in_position_order(tmp_path):
     assert problems.problems[1].message == "field 'title' is empty"
 
 
+def test_shopify_skips_and_counts_products_shoppers_cannot_see(tmp_path):
+    write_images(tmp_path, ["images/a.jpg"])
+    path = tmp_path / "products_export.csv"
+    seen = {"Title": "Shown", "Image_Src": "images/a.jpg"}
+    rows = [shopify_row("active", **seen, Status="active", Published="TRUE"),  # line 2
+            shopify_row("draft", **seen, Status="draft", Published="TRUE"),  # line 3
+            shopify_row("draft", Option1_Value="M", Image_Src="images/a.jpg"),  # line 4: its variant row
+            shopify_row("archived", **seen, Status="Archived"),  # line 5
+            shopify_row("off-store", **seen, Status="active", Published="FALSE"),  # line 6
+            shopify_row("old-export", **seen)]  # line 7: exports before Status and Published left them empty
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([SHOPIFY_HEADER, *rows])
+    problems = ProblemLog()
+    catalog = read_catalog("shopify", path, problems, RAW)
+    assert [p.id for p in catalog] == ["active", "old-export"]
+    assert [(p.kind, p.line, p.message) for p in problems.problems] == [
+        ("not published", 3, "field 'Status' is draft; its other rows (1) are left out with it"),
+        ("not published", 5, "field 'Status' is Archived"),
+        ("not published", 6, "field 'Published' is FALSE (not on the online store)"),
+    ]
+    assert problems.summary().endswith("skipped: 3 not published")
+
+
 def test_shopify_image_problems_name_the_image_row_and_its_column(tmp_path):
     write_images(tmp_path, ["images/tee.jpg"])
     path = tmp_path / "products_export.csv"

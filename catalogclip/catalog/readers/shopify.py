@@ -2,7 +2,10 @@
 
 The first row of a product holds its title, body, vendor, type, tags and option names; later
 rows add variants (option values, a variant image) and images (Image Src at Image Position).
-One product per Handle, as for Google's item_group_id (see `merge_variants`).
+One product per Handle, as for Google's item_group_id (see `merge_variants`). Only products a
+shopper can see are read: a first row whose Status is draft or archived, or whose Published is
+FALSE (not on the online store), is skipped and counted with its Handle's other rows, as
+WooCommerce's drafts are.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from catalogclip.catalog.schema import ImageRef, join_values, products_from_rows
 REQUIRED = ("Handle", "Title", "Image Src")
 OPTIONS = (1, 2, 3)
 NO_VARIANTS = ("Title", "Default Title")  # the option Shopify writes for a product without variants
+HIDDEN_STATUS = ("draft", "archived")  # Status: active | draft | archived
 
 
 def _attributes(row: dict, option_names: list[str]) -> dict[str, str]:
@@ -80,7 +84,22 @@ def _products(path: Path, problems: ProblemLog, encoding: str | None) -> Iterato
             continue
         handles.setdefault(handle, []).append((line, row))
     for handle, rows in handles.items():
-        yield rows[0][0], product_of(handle, rows)
+        line, first = rows[0]
+        if (reason := _unpublished(first)) is None:
+            yield line, product_of(handle, rows)
+        else:
+            problems.add("not published", path, line, reason + (f"; its other rows ({len(rows) - 1}) are left out with it" if len(rows) > 1 else ""))
+
+
+def _unpublished(first: dict) -> str | None:
+    """Why shoppers cannot see a product, from its first row (the one with product-level fields)."""
+    status = (first.get("Status") or "").strip()
+    if status.lower() in HIDDEN_STATUS:
+        return f"field 'Status' is {status}"
+    published = (first.get("Published") or "").strip()
+    if published.lower() == "false":
+        return f"field 'Published' is {published} (not on the online store)"
+    return None
 
 
 @READERS.register("shopify")
