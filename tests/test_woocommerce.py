@@ -129,6 +129,20 @@ def test_skipped_rows_and_orphan_variations_are_reported(tmp_path):
     assert problems.summary() == "4 usable, skipped: 1 grouped product, 2 malformed row, 2 not published"
 
 
+def test_hidden_products_are_skipped_and_shop_or_search_only_ones_kept(tmp_path):
+    write_jpeg(tmp_path / "images" / "mug.jpg")
+    path = tmp_path / "export.csv"
+    rows = [woo_row(str(n), "simple", f"Mug {visibility}", Images="images/mug.jpg", Visibility_in_catalog=visibility)
+            for n, visibility in enumerate(["visible", "catalog", "search", "hidden", ""], start=1)]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    problems = ProblemLog()
+    catalog = read_catalog("woocommerce", path, problems, RAW)
+    assert [p.id for p in catalog] == ["1", "2", "3", "5"]
+    assert [(p.kind, p.line, p.message) for p in problems.problems] == [
+        ("hidden product", 5, "field 'Visibility in catalog' is hidden (neither the shop pages nor its search show it)")]
+
+
 def test_missing_column_and_folder_source(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("ID,Type,Name\n1,simple,Mug\n", encoding="utf-8")

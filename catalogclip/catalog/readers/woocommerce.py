@@ -5,7 +5,9 @@ as Google's item_group_id and Shopify's Handle are (see `merge_variants`): one p
 attributes hold every value of its variations and whose images add theirs. A variation whose
 parent is not in the file stays a product of its own (a note says so). Only published rows are
 read: drafts and private products (with their variations) and disabled variations are skipped
-and counted, as are grouped products (a listing of other products, each exported on its own).
+and counted, as are hidden products (`Visibility in catalog` hidden: published, but shoppers only
+reach them by a direct link) and grouped products (a listing of other products, each exported on
+its own).
 """
 from __future__ import annotations
 
@@ -86,10 +88,12 @@ def _types(row: dict) -> set[str]:
 
 
 def _left_out(row: dict) -> tuple[str, str] | None:
-    """(problem kind, message) when a row is not read as a product: unpublished or grouped."""
+    """(problem kind, message) when a row is not read as a product: unpublished, hidden or grouped."""
     status = (row.get("Published") or "").strip()
     if status in UNPUBLISHED:
         return "not published", f"field 'Published' is {status} ({UNPUBLISHED[status]})"
+    if (row.get("Visibility in catalog") or "").strip().lower() == "hidden":
+        return "hidden product", "field 'Visibility in catalog' is hidden (neither the shop pages nor its search show it)"
     if "grouped" in _types(row):
         return "grouped product", "a grouped product lists other products, each read on its own"
     return None
