@@ -337,7 +337,7 @@ def test_cli_index_update_and_search_with_a_trained_run(tmp_path):
     tuned = cli("tune-fusion", "--index", tmp_path / "idx", "--qrels", judged, "--metric", "P@1")
     assert tuned.exit_code == 0 and "settings on 2 queries" in tuned.output and "saved in" in tuned.output, tuned.output
     assert ProductIndex.open(tmp_path / "idx").info["fusion"]["tuned"]["metric"] == "P@1"
-    table = cli("search", "--index", tmp_path / "idx", "--similar", "p00", "-k", 2)
+    table = cli("search", "--index", tmp_path / "idx", "--similar", "p00", "--k", 2)  # the long form, as the service's `k`
     assert table.exit_code == 0 and "2 results in" in table.output
 
     for args, message in [

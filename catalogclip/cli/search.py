@@ -97,7 +97,7 @@ def search(
     category: Optional[str] = typer.Option(None, help='Search with a category path, e.g. "Footwear > Shoes".'),
     similar: Optional[str] = typer.Option(None, help="Products similar to this product id."),
     filters: List[str] = typer.Option([], "--filter", "-f", help="FIELD=VALUE, FIELD=A,B, FIELD=MIN..MAX or category=PATH; repeatable."),
-    k: int = typer.Option(10, "-k", help="Number of products."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of products (the service's `k`)."),
     mode: str = typer.Option("hybrid", help="Text queries: vector (the model) | lexical (BM25) | hybrid (both, fused)."),
     strict: bool = typer.Option(False, "--strict", help="Text queries: recognised entities (brand, colour, category ...) become filters."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
