@@ -117,15 +117,12 @@ class FeatureCache:
                 self._load_shard(meta_path)
 
     def _load_shard(self, meta_path: Path) -> None:
-        try:
-            keys = json.loads(meta_path.read_text(encoding="utf-8"))["keys"]
-            rows = np.load(meta_path.with_suffix(".npy"), mmap_mode="r")
-        except (OSError, ValueError, KeyError):
+        shard = read_shard(meta_path)
+        if shard is None:
             return  # damaged or incomplete: its items are simply recomputed
-        if rows.shape[0] != len(keys):
-            return
+        meta, rows = shard
         self._shards[meta_path.stem] = rows
-        for row, key in enumerate(keys):
+        for row, key in enumerate(meta["keys"]):
             self._index[key] = (meta_path.stem, row)
 
     def key(self, item: Item) -> str:
@@ -234,6 +231,19 @@ def image_key(item: Item) -> str:
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
+def read_shard(meta_path: Path) -> tuple[dict, np.ndarray] | None:
+    """A complete shard's index (its keys, runtime) and memory-mapped rows; None when it is damaged
+    or its rows and keys disagree."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        rows = np.load(meta_path.with_suffix(".npy"), mmap_mode="r")
+        if rows.shape[0] != len(meta["keys"]):
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return meta, rows
+
+
 def write_shard(folder: Path, keys: list[str], rows: np.ndarray, runtime: str) -> Path:
     """The rows, then their index (both atomically): the shard counts once the index is there."""
     name = f"shard-{uuid.uuid4().hex[:16]}"
@@ -272,14 +282,10 @@ def prune_folder(folder: Path) -> dict[str, int]:
     with fill_lock(folder):
         before = _bytes(folder)
         for index in sorted(folder.glob("shard-*.json")):
-            try:
-                meta = json.loads(index.read_text(encoding="utf-8"))
-                keys = meta["keys"]
-                rows = np.load(index.with_suffix(".npy"), mmap_mode="r")
-            except (OSError, ValueError, KeyError):
+            if (shard := read_shard(index)) is None:
                 continue  # damaged: never read, and not this function's to judge
-            if rows.shape[0] != len(keys):
-                continue
+            meta, rows = shard
+            keys = meta["keys"]
             current = [row for row, key in enumerate(keys) if _is_current(key)]
             report["rows kept"] += len(current)
             report["rows dropped"] += len(keys) - len(current)
@@ -290,9 +296,9 @@ def prune_folder(folder: Path) -> dict[str, int]:
             report["shards rewritten" if current else "shards deleted"] += 1
             index.unlink()  # the index first: rows without one are never read
             index.with_suffix(".npy").unlink()
-        for leftover in [*folder.glob("shard-*.npy"), *folder.glob(".shard-*.tmp")]:
-            if not leftover.with_suffix(".json").exists():
-                leftover.unlink()
+        orphans = [rows for rows in folder.glob("shard-*.npy") if not rows.with_suffix(".json").exists()]
+        for leftover in [*orphans, *folder.glob(".shard-*.tmp")]:  # killed fills' rows, half-written files
+            leftover.unlink()
         report["bytes freed"] = before - _bytes(folder)
     return report
 
