@@ -58,10 +58,11 @@ RUNS = {
 }
 
 
-def train_runs(catalog_path: Path, image_root: Path, work: Path, cache: Path, epochs: int) -> dict[str, Path]:
-    """Train each run once; a run folder with a checkpoint is reused."""
+def train_runs(catalog_path: Path, image_root: Path, work: Path, cache: Path, epochs: int, names: tuple[str, ...] = tuple(RUNS)) -> dict[str, Path]:
+    """Train each run (of `names`) once; a run folder with a checkpoint is reused."""
     out = {}
-    for name, (method, options, batch, warmup) in RUNS.items():
+    for name in names:
+        method, options, batch, warmup = RUNS[name]
         run_dir = work / "runs" / name
         if not (run_dir / "checkpoints" / "last.pt").exists():
             config = RunConfig(

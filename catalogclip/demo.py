@@ -21,7 +21,8 @@ from catalogclip.train.config import DataConfig, OptimConfig, RunConfig
 
 SYNTH_ENTITIES = ["brand", "colour", "pattern", "material", "season", "gender"]
 SHOP_EXPORT = "woocommerce-export.csv"  # beside the catalog, whose folder holds the images it names
-EXAMPLE_QUERIES = ["black puma sneakers", "golden goose print t-shirt", "red striped backpack"]
+#: the last as a shopper might type it: searched as "golden goose sneakers" (catalogclip/search/spelling.py)
+EXAMPLE_QUERIES = ["black puma sneakers", "golden goose print t-shirt", "red striped backpack", "goldengoose snekers"]
 
 
 @dataclass

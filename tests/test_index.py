@@ -332,6 +332,12 @@ def test_cli_index_update_and_search_with_a_trained_run(tmp_path):
     assert {h["id"] for h in hits} == {"p05", "p11"} and all(set(h["sides"]) == {"lexical"} for h in hits)
     table = cli("search", "--index", tmp_path / "idx", "red shoes", "-k", 2)
     assert table.exit_code == 0 and "vector#" in table.output and "lexical#" in table.output, table.output
+    typo = cli("search", "--index", tmp_path / "idx", "diesl jeans", "--mode", "lexical", "--json")
+    assert json.loads(typo.output)["query"]["searched"] == "diesel jeans", typo.output
+    as_typed = cli("search", "--index", tmp_path / "idx", "diesl jeans", "--mode", "lexical", "--json", "--no-spell")
+    assert json.loads(as_typed.output)["corrections"] == [], as_typed.output
+    table = cli("search", "--index", tmp_path / "idx", "diesl jeans", "-k", 2)
+    assert "showing results for: diesel jeans (typed: diesl jeans" in table.output, table.output
     judged = tmp_path / "judged.json"
     judged.write_text(json.dumps({"red shoes": {"p00": 2, "p06": 1}, "diesel jeans": {"p05": 1, "p11": 1}}))
     tuned = cli("tune-fusion", "--index", tmp_path / "idx", "--qrels", judged, "--metric", "P@1")

@@ -183,3 +183,22 @@ def test_the_url_holds_the_search_state(server, browser):
     browser.js("document.querySelector('#tree .node[data-path=\"Footwear\"]').click()")
     browser.wait_for("new URLSearchParams(location.search).get('category') === 'Footwear'")
     assert "q=" not in browser.js("location.search")
+
+
+def test_a_corrected_query_says_so_and_can_be_searched_as_typed(server, browser):
+    browser.send("Page.enable")
+    browser.send("Page.navigate", url=server + "/?q=diesl+jeans&mode=lexical")
+    # the catalog has no "diesl": the page searches "diesel jeans" and says so
+    browser.wait_for("document.getElementById('spelling')?.hidden === false")
+    assert browser.js("document.getElementById('spelling').textContent") == "Showing results for diesel jeans. Search instead for diesl jeans"
+    browser.wait_for(f"{CARD_TEXTS}.length > 2 && {CARD_TEXTS}.slice(0, 2).every(t => t.startsWith('Diesel'))")  # Diesel's jeans first
+    # turning the correction down searches the text as typed: every pair of jeans, and a shareable URL
+    browser.js("document.querySelector('#spelling button').click()")
+    browser.wait_for("new URLSearchParams(location.search).get('spell') === '0'")
+    browser.wait_for(f"document.getElementById('spelling').hidden && {CARD_TEXTS}.length === 4 && {CARD_TEXTS}.some(t => t.startsWith('Puma'))")
+    assert "as typed" in browser.js("document.getElementById('status').textContent")
+    # a new query is corrected again
+    browser.js("document.getElementById('q').value = 'pumma jeans'")
+    browser.js("document.getElementById('search-form').requestSubmit()")
+    browser.wait_for("!document.getElementById('spelling').hidden")
+    assert browser.js("new URLSearchParams(location.search).get('spell')") is None

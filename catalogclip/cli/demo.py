@@ -33,7 +33,8 @@ def demo(
         for query, found in result.searches.items():
             entities = ", ".join(f"{m['group']}={m['value']}" for m in found["entities"]) or "none"
             top = "; ".join(f"{r['product']['title']} [{' + '.join(r['sides'])}]" for r in found["results"][:3])
-            typer.echo(f"search '{query}' (entities: {entities}) -> {top}")
+            searched = f", searched as '{found['query']['searched']}'" if found["corrections"] else ""
+            typer.echo(f"search '{query}' (entities: {entities}{searched}) -> {top}")
         print_result("shopper queries (attribute-queries, test products)", result.shopper)
         typer.echo(f"report: {result.report_html}")
         typer.echo(f"serve the search page: catalogclip serve --index {result.index}")

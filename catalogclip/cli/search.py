@@ -100,6 +100,7 @@ def search(
     k: int = typer.Option(10, "-k", "--k", help="Number of products (the service's `k`)."),
     mode: str = typer.Option("hybrid", help="Text queries: vector (the model) | lexical (BM25) | hybrid (both, fused)."),
     strict: bool = typer.Option(False, "--strict", help="Text queries: recognised entities (brand, colour, category ...) become filters."),
+    spell: bool = typer.Option(True, help="Text queries: correct words the catalog does not know (--no-spell: search the text as typed)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     run: Optional[Path] = typer.Option(None, help="Run to encode queries with (default: the one the index was built with)."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
@@ -118,7 +119,7 @@ def search(
         parsed = parse_filter_args(filters)
         engine = open_engine(index_path, run, device, need_model=similar is None and mode != "lexical", connection=_connection(backend, uri, token))
         if text is not None:
-            result = engine.search_text(text, k, parsed, mode, strict)
+            result = engine.search_text(text, k, parsed, mode, strict, spell)
         elif image is not None:
             result = engine.search_image(_open_image(image), k, parsed)
         elif category is not None:
@@ -148,6 +149,8 @@ def _print_table(result) -> None:
     from rich.table import Table
 
     console = Console()
+    if result.corrections:
+        console.print(f"showing results for: {result.query['searched']} (typed: {result.query['text']}; --no-spell searches it as typed)")
     if result.entities:
         console.print("recognised: " + ", ".join(f"{m.group}={m.value}" for m in result.entities))
     table = Table(show_edge=False, header_style="bold")

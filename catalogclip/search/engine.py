@@ -5,7 +5,9 @@ only through the `Encoder` protocol (catalogclip/embeddings.py).
 
 A text query runs in one of three modes: ``vector`` (the model's embedding of the text against
 the image vectors), ``lexical`` (BM25 over product text) or ``hybrid`` (both, fused as the
-index's `FusionConfig` says; the default). Recognised entities (brand, colour, category words
+index's `FusionConfig` says; the default). Words the catalog does not know are first corrected
+towards words it does ("puma snekers" -> "puma sneakers", catalogclip/search/spelling.py), unless
+the query asks for its text as typed (`spell=False`). Recognised entities (brand, colour, category words
 ...) boost the products that carry them in every mode, or with ``strict`` become filters. Every
 hit says which side found it, at which rank and with which score.
 """
@@ -33,6 +35,7 @@ from catalogclip.search.query import (
     normalise_category,
     vocab_values,
 )
+from catalogclip.search.spelling import Correction, Speller, Spelled
 from catalogclip.search.text import key
 
 if TYPE_CHECKING:
@@ -54,11 +57,14 @@ class SearchResult:
     took_ms: float = 0.0
     #: per entity, the filter that selects the products carrying it (None: no product field holds it)
     entity_filters: list[dict | None] = field(default_factory=list)
+    #: the query's words searched as corrected (offsets in the typed text; entities' are in the corrected one)
+    corrections: list[Correction] = field(default_factory=list)
 
     def to_json(self) -> dict:
         filters = self.entity_filters or [None] * len(self.entities)
         return {
             "query": self.query,
+            "corrections": [c.to_json() for c in self.corrections],
             "entities": [{**m.to_json(), "filter": f} for m, f in zip(self.entities, filters)],
             "took_ms": round(self.took_ms, 2),
             "results": [hit.to_json() for hit in self.hits],
@@ -102,6 +108,7 @@ class Candidates:
     """What each side found for a text query, before fusion (products not loaded yet)."""
 
     sides: dict[str, list[Found]]  # side -> (product row, score, vector id), best first
+    spelled: Spelled  # the query as searched, and the corrections that made it
     entities: list[EntityMatch]
     share: dict[int, float]  # product row -> fraction of the recognised entity groups it carries
     coverage: float = 1.0  # share of the query's terms the lexical index knows (adaptive fusion)
@@ -151,6 +158,7 @@ class SearchEngine:
         for group, values in (self.run_vocabs or {}).items():
             vocabs[group] = list(dict.fromkeys(vocabs.get(group, []) + values))
         self.linker = EntityLinker(vocabs)
+        self.speller = Speller(index.lexical.words, index.lexical.retriever.vocab_dict)
 
     def reopened(self) -> "SearchEngine":
         """This engine over its index as committed now: new products, their entity values, fusion."""
@@ -169,27 +177,32 @@ class SearchEngine:
         """Entities recognised in the text: the run's entity values and the index's own."""
         return self.linker.entities(text)
 
-    def search_text(self, text: str, k: int = 10, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False) -> SearchResult:
+    def search_text(self, text: str, k: int = 10, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False,
+                    spell: bool = True) -> SearchResult:
         start = time.perf_counter()
         text, k = check_text(text), check_k(k)
-        candidates = self.candidates(text, k, filters, mode, strict)
+        candidates = self.candidates(text, k, filters, mode, strict, spell)
         ranked = rank(candidates, self.fusion, k)
         hits = self.index.hits([(r.row, r.score, r.vid) for r in ranked])
         for hit, r in zip(hits, ranked):
             hit.sides = r.sides
-        query = {"text": text, "filters": dict(filters or {}), "mode": mode, "strict": strict}
+        query = {"text": text, "searched": candidates.spelled.text, "filters": dict(filters or {}), "mode": mode, "strict": strict, "spell": spell}
         entity_filters = [self.entity_filter(m) for m in candidates.entities]
-        return SearchResult(hits, query, candidates.entities, _ms(start), entity_filters)
+        return SearchResult(hits, query, candidates.entities, _ms(start), entity_filters, candidates.spelled.corrections)
 
     def entity_filter(self, match: EntityMatch) -> dict | None:
         """The filter (as the API takes it) selecting the products that carry a recognised entity."""
         clauses = self._entity_filters(self._entity_keys([match]))
         return {clauses[0].field: list(clauses[0].values)} if clauses else None
 
-    def candidates(self, text: str, k: int, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False) -> Candidates:
+    def candidates(self, text: str, k: int, filters: Mapping | None = None, mode: str = "hybrid", strict: bool = False,
+                   spell: bool = True) -> Candidates:
         """Each side's candidates for a text query (at least k, `fusion.depth` where they get fused
-        or boosted) and the products' share of the recognised entities."""
+        or boosted) and the products' share of the recognised entities; with `spell`, for the
+        query as corrected."""
         mode, clauses = check_mode(mode), self.index.parse_filters(filters)
+        spelled = self.speller.correct(text) if spell else Spelled(text)
+        text = spelled.text
         entities, matches = self.understand(text)
         entity_clauses = self._entity_filters(self._entity_keys(matches))
         if strict:
@@ -205,7 +218,7 @@ class SearchEngine:
             sides["lexical"] = self.index.search_lexical_rows(text, depth, clauses)
         rows = list({row for found in sides.values() for row, _, _ in found})
         coverage = self.index.lexical.coverage(text) if mode == "hybrid" else 1.0
-        return Candidates(sides, matches, self._shares(rows, entity_clauses), coverage)
+        return Candidates(sides, spelled, matches, self._shares(rows, entity_clauses), coverage)
 
     def _entity_keys(self, matches: list[EntityMatch]) -> dict[str, set[tuple[str, ...]]]:
         """Recognised values per entity group that products can carry (attributes, category levels)."""

@@ -6,15 +6,22 @@ documents and the same analyser (`analyse`: catalogclip/search/text.py's normali
 stop words left out, hyphenated words also joined) scores alike. Documents are product rows of the
 metadata store, so filters are the store's row masks.
 
+It also keeps the catalog's words as written (folded, unstemmed) with the number of products
+carrying each: what query spelling corrects towards (catalogclip/search/spelling.py).
+
 On disk it is a folder ``lexical-<gen>/`` (bm25s's arrays + ``rows.npy``, the product row of each
-document), written under the same generation as the vector file. BM25's IDF depends on every
+document, + ``words.json``), written under the same generation as the vector file. A folder
+written before ``words.json`` existed loads with no words: its queries are searched as typed
+until the next commit (`catalogclip index --update`) or rebuild writes them. BM25's IDF depends on every
 document, so a commit that changed products re-indexes all of them.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -90,10 +97,20 @@ def analyse(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=65_536)
+def _line_tokens(line: str) -> tuple[shop_text.Token, ...]:
+    return tuple(shop_text.tokens(line))
+
+
+@lru_cache(maxsize=65_536)
 def _analyse_line(line: str) -> tuple[str, ...]:
-    words = [t.text for t in shop_text.tokens(line) if t.text not in _STOPWORDS]
+    words = [t.text for t in _line_tokens(line) if t.text not in _STOPWORDS]
     seen = set(words)
     return tuple(words + [w for w in shop_text.compounds(line) if w not in seen])
+
+
+def document_words(text: str) -> set[str]:
+    """The distinct words of a text as written (folded, not stemmed), letters only."""
+    return {t.word for line in text.split("\n") for t in _line_tokens(line) if t.word.isalpha()}
 
 
 @lru_cache(maxsize=1)
@@ -105,28 +122,34 @@ class LexicalIndex:
     """BM25 over product documents; document i is product row `rows[i]`."""
 
     ROWS_FILE = "rows.npy"
+    WORDS_FILE = "words.json"
 
-    def __init__(self, retriever: bm25s.BM25, rows: np.ndarray) -> None:
+    def __init__(self, retriever: bm25s.BM25, rows: np.ndarray, words: dict[str, int] | None = None) -> None:
         self.retriever = retriever
         self.rows = rows
+        #: the catalog's words as written -> how many products carry each
+        self.words = words or {}
 
     @classmethod
     def build(cls, products: Iterable[tuple[int, Product]], params: LexicalParams) -> "LexicalIndex":
-        rows, corpus = [], []
+        rows, corpus, words = [], [], Counter()
         for row, product in products:
             rows.append(row)
-            corpus.append(analyse(product_document(product, params.weights)))
+            document = product_document(product, params.weights)
+            corpus.append(analyse(document))
+            words.update(document_words(document))
         retriever = bm25s.BM25(k1=params.k1, b=params.b)
         if not any(corpus):  # bm25s cannot index an empty vocabulary; "" is never a query term
             corpus = [[""]] * max(len(corpus), 1)
         retriever.index(corpus, show_progress=False)
-        return cls(retriever, np.asarray(rows, dtype=np.int64))
+        return cls(retriever, np.asarray(rows, dtype=np.int64), dict(sorted(words.items())))
 
     @classmethod
     def load(cls, path: str | Path) -> "LexicalIndex":
         path = Path(path)
         retriever = bm25s.BM25.load(str(path), show_progress=False)
-        return cls(retriever, np.load(path / cls.ROWS_FILE))
+        words = path / cls.WORDS_FILE
+        return cls(retriever, np.load(path / cls.ROWS_FILE), json.loads(words.read_text(encoding="utf-8")) if words.exists() else None)
 
     def save(self, path: str | Path) -> None:
         """Write the folder at `path` whole: into a temporary folder, then renamed."""
@@ -135,6 +158,7 @@ class LexicalIndex:
         try:
             self.retriever.save(str(tmp), show_progress=False)
             np.save(tmp / self.ROWS_FILE, self.rows)
+            (tmp / self.WORDS_FILE).write_text(json.dumps(self.words, ensure_ascii=False), encoding="utf-8")
             os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

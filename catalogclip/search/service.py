@@ -72,6 +72,7 @@ class SearchBody(BaseModel):
     filters: dict[str, Any] | None = None
     mode: Mode = "hybrid"
     strict: bool = False
+    spell: bool = True
 
 
 def _filters(raw: str | None) -> dict | None:
@@ -301,13 +302,14 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
 
     @app.get("/search", operation_id="search", responses=_result_links())
     def search_get(
-        q: str = "", k: int = Query(10, **K_RANGE), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False
+        q: str = "", k: int = Query(10, **K_RANGE), filters: str | None = None, mode: Mode = "hybrid", strict: bool = False,
+        spell: bool = True,
     ) -> dict:
-        return _json(_result_json(live.answer(lambda engine: engine.search_text(q, k, _filters(filters), mode, strict))))
+        return _json(_result_json(live.answer(lambda engine: engine.search_text(q, k, _filters(filters), mode, strict, spell))))
 
     @app.post("/search", operation_id="search_post", responses=_result_links())
     def search_post(body: SearchBody) -> dict:
-        return _json(_result_json(live.answer(lambda engine: engine.search_text(body.q, body.k, body.filters, body.mode, body.strict))))
+        return _json(_result_json(live.answer(lambda engine: engine.search_text(body.q, body.k, body.filters, body.mode, body.strict, body.spell))))
 
     @app.post(
         "/search/image",

@@ -27,6 +27,7 @@ class Token(NamedTuple):
     start: int  # character offsets in the original text
     end: int
     text: str  # normalised form
+    word: str  # the word as matched before stemming: folded, a lone letter joined ("tshirts")
 
 
 def fold(text: str) -> str:
@@ -50,7 +51,7 @@ def tokens(text: str) -> list[Token]:
         if _joins_next(text, words, i):
             _, end, after = words[i + 1]
             word, i = word + after, i + 1
-        out.append(Token(start, end, stem(word)))
+        out.append(Token(start, end, stem(word), word))
         i += 1
     return out
 

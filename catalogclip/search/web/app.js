@@ -5,8 +5,9 @@
 
 const K = 24;
 const MODES = ["hybrid", "lexical", "vector"];
-// query: {kind: "text"|"image"|"category"|"similar", value}; mode and strict apply to text queries
-const state = { query: null, filters: {}, mode: "hybrid", strict: false };
+// query: {kind: "text"|"image"|"category"|"similar", value}; mode, strict and spell apply to text
+// queries (spell: false searches the text as typed, after the shopper turned a correction down)
+const state = { query: null, filters: {}, mode: "hybrid", strict: false, spell: true };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -47,6 +48,7 @@ function pageUrl() {
   if (q && q.kind === "text") {
     params.set("mode", state.mode);
     if (state.strict) params.set("strict", "1");
+    if (!state.spell) params.set("spell", "0");
   }
   if (filtersParam()) params.set("filters", filtersParam());
   const search = params.toString();
@@ -64,6 +66,7 @@ function readUrl() {
   state.query = kind ? { kind, value: params.get(URL_KEYS[kind]) } : null;
   state.mode = MODES.includes(params.get("mode")) ? params.get("mode") : "hybrid";
   state.strict = params.get("strict") === "1";
+  state.spell = params.get("spell") !== "0";
   state.filters = {};
   try {
     const filters = JSON.parse(params.get("filters") || "{}");
@@ -90,6 +93,7 @@ async function run() {
       params.set("q", q.value);
       params.set("mode", state.mode);
       if (state.strict) params.set("strict", "true");
+      if (!state.spell) params.set("spell", "false");
       body = await api(`/search?${params}`);
     } else if (q.kind === "category") {
       params.set("path", q.value);
@@ -113,7 +117,7 @@ async function run() {
 }
 
 function describe(q) {
-  if (q.kind === "text") return `“${q.value}” · ${state.mode}${state.strict ? ", strict" : ""}`;
+  if (q.kind === "text") return `“${q.value}” · ${state.mode}${state.strict ? ", strict" : ""}${state.spell ? "" : ", as typed"}`;
   if (q.kind === "category") return q.value;
   if (q.kind === "similar") return `products like ${q.value}`;
   return "your image";
@@ -122,6 +126,7 @@ function describe(q) {
 function render(body) {
   const n = body.results.length;
   $("status").textContent = `${n} result${n === 1 ? "" : "s"} for ${describe(state.query)} · ${body.took_ms} ms`;
+  spelling(body);
   const entities = body.entities || [];
   $("entities").hidden = entities.length === 0;
   $("entities").replaceChildren(
@@ -135,6 +140,17 @@ function render(body) {
   );
   $("results").replaceChildren(...body.results.map(card));
   if (n === 0) $("results").append(el("p", { class: "empty" }, "Nothing matches. Try fewer filters."));
+}
+
+// "Showing results for sneakers. Search instead for snekers": a correction the shopper can turn down
+function spelling(body) {
+  const corrected = (body.corrections || []).length > 0;
+  $("spelling").hidden = !corrected;
+  if (!corrected) return;
+  $("spelling").replaceChildren(
+    "Showing results for ", el("strong", {}, body.query.searched), ". Search instead for ",
+    el("button", { class: "link", type: "button", onclick: () => { state.spell = false; run(); } }, body.query.text),
+  );
 }
 
 // which side(s) found a product, at which rank: "vector #3", "lexical #1"
@@ -239,6 +255,7 @@ async function start() {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const value = $("q").value.trim();
+    state.spell = true;  // a new query is corrected again
     if (value) search({ kind: "text", value }); else showError("Type something to search for.");
   });
   $("image-input").addEventListener("change", (event) => {
