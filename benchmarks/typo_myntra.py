@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from clipita_myntra import MYNTRA, load_catalog, prepare, readable  # noqa: E402
+from clipita_myntra import MYNTRA, load_catalog, machine, prepare, readable  # noqa: E402
 from shopper_myntra import LEXICAL, MODES, REPORTED, split_queries, test_index, train_runs  # noqa: E402
 
 from catalogclip.catalog.schema import Catalog, write_jsonl  # noqa: E402
@@ -228,8 +227,7 @@ def main() -> None:
         "tables": tables,
         "speller": speller,
         "speller_cost": cost,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "load_average": os.getloadavg(), "note": "2 shared CPU cores"},
+        "machine": {**machine(), "load_average": os.getloadavg()},
         "total_seconds": round(time.perf_counter() - started, 1),
     })
     print(f"-> {args.out}")
