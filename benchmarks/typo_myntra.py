@@ -12,7 +12,9 @@ Reported: nDCG@10 and P@1 per family for lexical / vector / hybrid, clean and ty
 spelling on (the default) and off (`spell=False`), and what the speller did with each typo
 (restored the intended word, changed it to another, or left it: some typos share their stem with
 a catalog word, "casuall", and BM25 matches them as typed) and with the clean queries
-(corrections there are false ones). Results: benchmarks/results/typo_myntra.json.
+(corrections there are false ones). It also times what is done while a shopper types: the
+speller, and search-as-you-type suggestions for every prefix of the same queries (`SearchEngine.suggest`),
+on this index and over an 82,765-word vocabulary. Results: benchmarks/results/typo_myntra.json.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from catalogclip.io import atomic_write_json  # noqa: E402
 from catalogclip.search.engine import SearchEngine  # noqa: E402
 from catalogclip.search.lexical import SHOPPING_WORDS  # noqa: E402
 from catalogclip.search.spelling import Speller  # noqa: E402
+from catalogclip.search.suggest import Suggester  # noqa: E402
 from catalogclip.search.text import fold, key, stem  # noqa: E402
 from catalogclip.search.tune import save_fusion, tune_fusion  # noqa: E402
 
@@ -156,6 +159,28 @@ def large_vocabulary_cost(queries: JudgedQueries) -> dict:
             **{f"correct ms {q}": round(float(np.percentile(times, p)), 2) for q, p in (("p50", 50), ("p99", 99))}}
 
 
+def suggest_cost(engine: SearchEngine, queries: JudgedQueries) -> dict:
+    """Milliseconds to build the suggester (once per engine, at its first suggestion) and to suggest
+    for every prefix of every query, on this index's values and words and over an 82,765-word list."""
+    prefixes = [text[:n] for text in queries.queries.values() for n in range(1, len(text) + 1) if not text[:n].endswith(" ")]
+    out = {"prefixes": len(prefixes)}
+    text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text(encoding="utf-8")
+    large = {fold(w): int(c) for w, c in (line.split(" ") for line in text.splitlines() if line)}
+    for name, (values, words) in {"this index": (engine.index.vocabulary(), engine.index.lexical.words),
+                                  "82,765 words": (engine.index.vocabulary(), large)}.items():
+        started = time.perf_counter()
+        suggester = Suggester(values, words)
+        build = 1000 * (time.perf_counter() - started)
+        times = []
+        for prefix in prefixes:
+            started = time.perf_counter()
+            suggester.suggest(prefix, 8)
+            times.append(1000 * (time.perf_counter() - started))
+        out[name] = {"words": len(words), "build_ms": round(build, 1),
+                     **{f"suggest ms {q}": round(float(np.percentile(times, p)), 3) for q, p in (("p50", 50), ("p99", 99))}}
+    return out
+
+
 def table(engine: SearchEngine, judged: JudgedQueries, spell: bool) -> dict:
     """mode -> family -> nDCG@10 / P@1 (fractions)."""
     def search(text, k, mode):
@@ -208,6 +233,8 @@ def main() -> None:
     cost = speller_cost(engine, {name: queries for name, (queries, _) in sets.items()})
     cost["82,765 words, typo'd queries"] = large_vocabulary_cost(typoed)
     print("cost:", cost)
+    suggestions = suggest_cost(engine, test)
+    print("suggestions:", suggestions)
     atomic_write_json(args.out, {
         "benchmark": "typo_myntra",
         "command": "python benchmarks/typo_myntra.py " + " ".join(sys.argv[1:]),
@@ -227,6 +254,7 @@ def main() -> None:
         "tables": tables,
         "speller": speller,
         "speller_cost": cost,
+        "suggest_cost": suggestions,
         "machine": {**machine(), "load_average": os.getloadavg()},
         "total_seconds": round(time.perf_counter() - started, 1),
     })

@@ -5,7 +5,7 @@ Every step is a library call the CLI also offers on its own; the demo only chain
     catalog synth -> train (clip, clip + entities as text, eiclip, eclip, clipita; eclip with the
     image tower's last block trained, where the backbone splits its tower)
     -> embed + evaluate (full, sample100, category, zeroshot-cls; product + grounding for eclip)
-    -> BM25 baseline -> index the EI-CLIP run -> example searches
+    -> BM25 baseline -> index the EI-CLIP run -> example searches (one with typos) and suggestions
     -> index its test products, attribute-queries in every search mode -> report (Markdown + HTML)
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ SYNTH_ENTITIES = ["brand", "colour", "pattern", "material", "season", "gender"]
 SHOP_EXPORT = "woocommerce-export.csv"  # beside the catalog, whose folder holds the images it names
 #: the last as a shopper might type it: searched as "golden goose sneakers" (catalogclip/search/spelling.py)
 EXAMPLE_QUERIES = ["black puma sneakers", "golden goose print t-shirt", "red striped backpack", "goldengoose snekers"]
+#: queries as typed so far, for search-as-you-type suggestions
+EXAMPLE_PREFIXES = ["pu", "golden g", "red back"]
 
 
 @dataclass
@@ -67,6 +69,8 @@ class DemoResult:
     report_html: Path
     index: Path
     searches: dict[str, dict]
+    #: search-as-you-type: each example prefix's suggestions (`SearchEngine.suggest`)
+    suggestions: dict[str, list[dict]]
     #: attribute-queries over the test products, per search mode (the `catalogclip evaluate --index` result)
     shopper: dict
 
@@ -129,13 +133,13 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> DemoResu
     evaluate_baseline("bm25", ["full", "sample100", "category"], baseline, run_inputs(runs["clip"]))
 
     say(f"4/6 index the shop's imported export with the EI-CLIP run (vectors in {(config.vectors and config.vectors.backend) or 'faiss'})")
-    searches = index_and_search(runs["eiclip"], out / "index", shop, config.vectors, config.engine)
+    searches, suggestions = index_and_search(runs["eiclip"], out / "index", shop, config.vectors, config.engine)
     say("5/6 shopper queries: the EI-CLIP run's test products indexed, attribute-queries in every search mode")
     shopper = shopper_queries(runs["eiclip"], out)
 
     say("6/6 report")
     report = write_report([*runs.values(), baseline, out / "shopper"], out / "report", baseline="clip")
-    return DemoResult(catalog, runs, report.html, out / "index", searches, shopper)
+    return DemoResult(catalog, runs, report.html, out / "index", searches, suggestions, shopper)
 
 
 def _warnings_only(say: Callable[[str], None]) -> Callable[[str], None]:
@@ -181,10 +185,10 @@ def shop_export(catalog: Path) -> tuple[Path, str]:
 
 
 def index_and_search(run_dir: Path, index_dir: Path, catalog: Path, vectors: Connection | None = None,
-                     engine: EmbeddingEngine | None = None) -> dict[str, dict]:
+                     engine: EmbeddingEngine | None = None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """Build the search index of the run's catalog and answer the example queries (hybrid:
     the model's vectors and BM25, fused; each hit says which side found it), the query towers
-    on the service's runtime."""
+    on the service's runtime; and the example prefixes' suggestions."""
     from catalogclip.search.build import BuildOptions, index_run
     from catalogclip.search.engine import open_engine
     from catalogclip.search.service import ServiceOptions
@@ -192,4 +196,5 @@ def index_and_search(run_dir: Path, index_dir: Path, catalog: Path, vectors: Con
     index_run(run_dir, index_dir, catalog, options=BuildOptions(progress=False, connection=vectors, engine=engine))
     opened = open_engine(index_dir, run_dir)
     engine = opened.with_encoder(opened.encoder.on_runtime(ServiceOptions.query_runtime))
-    return {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}
+    searches = {query: engine.search_text(query, k=5, mode="hybrid").to_json() for query in EXAMPLE_QUERIES}
+    return searches, {prefix: engine.suggest(prefix, k=5)["suggestions"] for prefix in EXAMPLE_PREFIXES}

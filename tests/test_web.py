@@ -202,3 +202,15 @@ def test_a_corrected_query_says_so_and_can_be_searched_as_typed(server, browser)
     browser.js("document.getElementById('search-form').requestSubmit()")
     browser.wait_for("!document.getElementById('spelling').hidden")
     assert browser.js("new URLSearchParams(location.search).get('spell')") is None
+
+
+def test_typing_fills_the_search_box_suggestions(server, browser):
+    browser.send("Page.enable")
+    browser.send("Page.navigate", url=server + "/")
+    browser.wait_for("document.querySelectorAll('#facets input[type=checkbox]').length > 0")  # the page's script has started
+    browser.js("document.getElementById('q').focus()")
+    browser.send("Input.insertText", text="diesel j")
+    options = "[...document.querySelectorAll('#suggestions option')].map(o => o.value)"
+    browser.wait_for(f"{options}.length > 0")
+    assert browser.js(options)[0] == "diesel Jeans"
+    assert browser.js("document.querySelector('#suggestions option').label") == "category · 4"

@@ -35,6 +35,8 @@ def demo(
             top = "; ".join(f"{r['product']['title']} [{' + '.join(r['sides'])}]" for r in found["results"][:3])
             searched = f", searched as '{found['query']['searched']}'" if found["corrections"] else ""
             typer.echo(f"search '{query}' (entities: {entities}{searched}) -> {top}")
+        for prefix, found in result.suggestions.items():
+            typer.echo(f"suggest '{prefix}' -> " + "; ".join(f"{s['text']} ({s['kind']}, {s['products']})" for s in found))
         print_result("shopper queries (attribute-queries, test products)", result.shopper)
         typer.echo(f"report: {result.report_html}")
         typer.echo(f"serve the search page: catalogclip serve --index {result.index}")

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
@@ -36,6 +37,7 @@ from catalogclip.search.query import (
     vocab_values,
 )
 from catalogclip.search.spelling import Correction, Speller, Spelled
+from catalogclip.search.suggest import Suggester, Suggestion
 from catalogclip.search.text import key
 
 if TYPE_CHECKING:
@@ -172,6 +174,18 @@ class SearchEngine:
     def _check_model(self) -> None:
         if self.incompatible is not None:
             raise IncompatibleModelError(self.incompatible)
+
+    @cached_property
+    def suggester(self) -> Suggester:
+        """Completions from the index's entity values and product words (built at the first use)."""
+        return Suggester(self.index.vocabulary(), self.index.lexical.words)
+
+    def suggest(self, text: str, k: int = 8) -> dict:
+        """Search-as-you-type: up to k completions of the query typed so far."""
+        start = time.perf_counter()
+        check_text(text)
+        suggestions: list[Suggestion] = self.suggester.suggest(text, check_k(k))
+        return {"query": text, "suggestions": [s.to_json() for s in suggestions], "took_ms": round(_ms(start), 2)}
 
     def understand(self, text: str) -> tuple[dict[str, str], list[EntityMatch]]:
         """Entities recognised in the text: the run's entity values and the index's own."""

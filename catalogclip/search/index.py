@@ -264,12 +264,16 @@ class ProductIndex:
             self._facets = self.store.facets()
         return self._facets
 
-    def vocabulary(self) -> dict[str, list[str]]:
-        """Entity values this index knows: each text field's values and, as "category", the name
-        of every category node (what query understanding recognises when a run has no vocabs)."""
+    def vocabulary(self) -> dict[str, dict[str, int]]:
+        """Entity values this index knows, each with how many products carry it: each text field's
+        values and, as "category", the name of every category node (what query understanding
+        recognises when a run has no vocabs)."""
         if self._vocabulary is None:
-            names = {name: None for path in self.category_paths() for name in path.split(CATEGORY_SEP)}
-            self._vocabulary = {**self.store.text_values(), CATEGORY_FIELD: list(names)}
+            names: dict[str, int] = {}
+            for path, count in self.store.category_counts().items():
+                name = path.rsplit(CATEGORY_SEP, 1)[-1]
+                names[name] = names.get(name, 0) + count
+            self._vocabulary = {**self.store.text_values(), CATEGORY_FIELD: names}
         return self._vocabulary
 
     def category_paths(self) -> list[str]:

@@ -311,6 +311,11 @@ def create_app(engine: SearchEngine, options: ServiceOptions | None = None) -> F
     def search_post(body: SearchBody) -> dict:
         return _json(_result_json(live.answer(lambda engine: engine.search_text(body.q, body.k, body.filters, body.mode, body.strict, body.spell))))
 
+    @app.get("/suggest", operation_id="suggest")
+    def suggest(q: str = "", k: int = Query(8, **K_RANGE)) -> dict:
+        """Search-as-you-type: completions of the query typed so far (entity values, then words)."""
+        return _json(live.answer(lambda engine: engine.suggest(q, k)))
+
     @app.post(
         "/search/image",
         operation_id="search_image",

@@ -190,14 +190,14 @@ class MetadataStore:
         rows = self._rows("SELECT field, COUNT(*) = COUNT(num) FROM attrs GROUP BY field ORDER BY field")
         return {field: bool(numeric) for field, numeric in rows}
 
-    def text_values(self) -> dict[str, list[str]]:
-        """Every distinct value (ignoring case) of each non-numeric field."""
+    def text_values(self) -> dict[str, dict[str, int]]:
+        """Every distinct value (ignoring case) of each non-numeric field, with how many products carry it."""
         numeric = self.fields()
-        rows = self._rows("SELECT field, MIN(value) FROM attrs GROUP BY field, key ORDER BY field, key")
-        out: dict[str, list[str]] = {}
-        for field, value in rows:
+        rows = self._rows("SELECT field, MIN(value), COUNT(*) FROM attrs GROUP BY field, key ORDER BY field, key")
+        out: dict[str, dict[str, int]] = {}
+        for field, value, count in rows:
             if not numeric[field]:
-                out.setdefault(field, []).append(value)
+                out.setdefault(field, {})[value] = count
         return out
 
     def facets(self, limit: int = 50) -> dict[str, dict]:

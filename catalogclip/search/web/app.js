@@ -250,6 +250,29 @@ function treeNodes(nodes) {
   )));
 }
 
+// --- search as you type: the box's datalist holds the service's completions of what is typed ----
+let suggestTimer = null;
+let suggestFor = "";
+
+function suggestSoon() {
+  clearTimeout(suggestTimer);
+  suggestTimer = setTimeout(suggest, 120);  // one request per pause in typing, not per key
+}
+
+async function suggest() {
+  const typed = $("q").value;
+  if (!typed.trim() || typed === suggestFor) return;
+  suggestFor = typed;
+  try {
+    const body = await api(`/suggest?${new URLSearchParams({ q: typed, k: 8 })}`);
+    if ($("q").value !== typed) return;  // typing went on: a newer request will fill the list
+    $("suggestions").replaceChildren(...body.suggestions.map((s) =>
+      el("option", { value: s.text, label: `${s.kind} · ${s.products}` })));
+  } catch {
+    $("suggestions").replaceChildren();  // suggestions are a help, never an error to show
+  }
+}
+
 // --- start -------------------------------------------------------------------------------------
 async function start() {
   $("search-form").addEventListener("submit", (event) => {
@@ -258,6 +281,7 @@ async function start() {
     state.spell = true;  // a new query is corrected again
     if (value) search({ kind: "text", value }); else showError("Type something to search for.");
   });
+  $("q").addEventListener("input", suggestSoon);
   $("image-input").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (!file) return;
