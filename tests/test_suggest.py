@@ -1,6 +1,6 @@
 """Search-as-you-type suggestions: the query so far completed from the index's values and words."""
 import pytest
-from _searchkit import PaletteEncoder, write_catalog
+from _searchkit import SHOES, PaletteEncoder, product, write_catalog
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +10,7 @@ from catalogclip.search.build import BuildOptions, build_index
 from catalogclip.search.engine import SearchEngine
 from catalogclip.search.service import create_app
 from catalogclip.search.suggest import WORD, Suggester
-from catalogclip.search.text import fold
+from catalogclip.search.text import fold, key
 
 VALUES = {"brand": {"Puma": 6, "Golden Goose": 3, "Pumpkin & Co": 1}, "colour": {"Black": 5, "Blue": 4},
           "category": {"Shoes": 4, "Shirts": 4, "Footwear": 4}}
@@ -25,6 +25,9 @@ def test_the_last_word_is_completed_values_first_then_by_products():
     assert texts("pu") == [("Puma", "brand", 6), ("Pumpkin & Co", "brand", 1), ("pumps", WORD, 2)]
     assert texts("sh") == [("Shirts", "category", 4), ("Shoes", "category", 4), ("shiny", WORD, 1)]  # ties: alphabetical
     assert texts("BLA") == [("Black", "colour", 5)]  # folded; the word "black" is the same text as the value
+    # one form of a text: "red shoe" matches as "red Shoes" does, and "puma" is what is typed as "pumas"
+    assert texts("red sh", words={"shoe": 9}) == [("red Shirts", "category", 4), ("red Shoes", "category", 4)]
+    assert texts("pumas") == []
     assert texts("pu", k=1) == [("Puma", "brand", 6)]
 
 
@@ -48,7 +51,7 @@ def test_every_suggestion_extends_what_was_typed(typed, k):
     words = typed.split()
     for s in found:
         assert any(_completes(s.text, words, n) for n in range(1, min(3, len(words)) + 1)), s
-        assert fold(s.text) != fold(" ".join(words))
+        assert key(s.text) != key(" ".join(words))
     order = [(s.kind == WORD, -s.products, fold(s.text)) for s in found]
     assert order == sorted(order)
 
@@ -88,25 +91,26 @@ def test_the_service_suggests_and_refuses_bad_input(engine):
 
 
 def _every_completion(values, words, typed, k):
-    """The suggestions by brute force: every value and word checked, all kept, sorted, the first k."""
+    """The suggestions by brute force: every value and word checked, the best of each text (as
+    search matches it) kept, all sorted, the first k."""
     typed_words = typed.split()
     if not typed or typed[-1].isspace():
         return []
-    found = {}
+    candidates = []
     for n in range(min(3, len(typed_words)), 0, -1):
         head = " ".join(typed_words[:-n]) + " " if len(typed_words) > n else ""
         hits = [(head + v, g, c) for g, counts in values.items() for v, c in counts.items() if fold(v).startswith(fold(" ".join(typed_words[-n:])))]
-        for hit in sorted(hits, key=lambda h: (fold(h[0]), -h[2], h[0], h[1])):  # one per text: the most products
-            found.setdefault(fold(hit[0]), hit)
+        candidates += hits
         if hits:
             break
     head = " ".join(typed_words[:-1]) + " " if len(typed_words) > 1 else ""
     before = fold(typed_words[-2]) if len(typed_words) > 1 else None
-    for w, c in words.items():
-        if w.startswith(fold(typed_words[-1])) and w != before:
-            found.setdefault(fold(head + w), (head + w, WORD, c))
-    found.pop(fold(" ".join(typed_words)), None)
-    return sorted(found.values(), key=lambda s: (s[1] == WORD, -s[2], fold(s[0])))[:k]
+    candidates += [(head + w, WORD, c) for w, c in words.items() if w.startswith(fold(typed_words[-1])) and w != before]
+    best = {}
+    for text, kind, count in sorted(candidates, key=lambda s: (s[1] == WORD, -s[2], fold(s[0]), s[0], s[1])):
+        if key(text) != key(" ".join(typed_words)):
+            best.setdefault(key(text), (text, kind, count))
+    return list(best.values())[:k]
 
 
 @settings(max_examples=1000)
@@ -120,3 +124,13 @@ def test_suggestions_are_the_best_k_of_every_completion(words, brands, colours, 
     values = {"brand": brands, "colour": colours}
     got = [(s.text, s.kind, s.products) for s in Suggester(values, words).suggest(typed, k)]
     assert got == _every_completion(values, words, typed, k)
+
+
+def test_the_engine_never_completes_to_a_stop_word(tmp_path):
+    root = tmp_path / "shop"
+    products = [product("t1", "black", "The Theory", SHOES, 10.0), product("t2", "red", "Puma", SHOES, 20.0)]
+    engine = SearchEngine(build_index(PaletteEncoder(), read_jsonl(write_catalog(root, products)), tmp_path / "idx", BuildOptions(progress=False)),
+                          PaletteEncoder())
+    assert engine.index.lexical.words["the"] == 1  # a word of the catalog's text ...
+    found = [s["text"] for s in engine.suggest("black th")["suggestions"]]
+    assert found == ["black The Theory", "black theory"]  # ... but no word to complete "th" to

@@ -178,7 +178,7 @@ class SearchEngine:
     @cached_property
     def suggester(self) -> Suggester:
         """Completions from the index's entity values and product words (built at the first use)."""
-        return Suggester(self.index.vocabulary(), self.index.lexical.words)
+        return Suggester.of_index(self.index)
 
     def suggest(self, text: str, k: int = 8) -> dict:
         """Search-as-you-type: up to k completions of the query typed so far."""

@@ -36,7 +36,8 @@ from catalogclip.search import text as shop_text
 
 FIELDS = ("title", "attributes", "category", "description")
 DEFAULT_WEIGHTS = {"title": 2, "attributes": 1, "category": 1, "description": 1}
-_STOPWORDS = frozenset(shop_text.stem(w) for w in STOPWORDS_EN) | frozenset(STOPWORDS_EN)
+#: words BM25 leaves out (and suggestions never complete to), as written and as stemmed
+STOPWORDS = frozenset(shop_text.stem(w) for w in STOPWORDS_EN) | frozenset(STOPWORDS_EN)
 #: words about shopping, not products ("shop sandals", "kurtis online"): a catalog that lacks them
 #: is not missing anything the shopper asked for, so they do not lower a query's coverage
 SHOPPING_WORDS = "buy shop shopping online store sale cheap cheapest price prices deal deals offer offers discount best order"
@@ -103,7 +104,7 @@ def _line_tokens(line: str) -> tuple[shop_text.Token, ...]:
 
 @lru_cache(maxsize=65_536)
 def _analyse_line(line: str) -> tuple[str, ...]:
-    words = [t.text for t in _line_tokens(line) if t.text not in _STOPWORDS]
+    words = [t.text for t in _line_tokens(line) if t.text not in STOPWORDS]
     seen = set(words)
     return tuple(words + [w for w in shop_text.compounds(line) if w not in seen])
 

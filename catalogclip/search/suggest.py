@@ -11,9 +11,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
-from catalogclip.search.text import fold
+from catalogclip.search.lexical import STOPWORDS
+from catalogclip.search.text import fold, key
+
+if TYPE_CHECKING:
+    from catalogclip.search.index import ProductIndex
 
 #: values of up to this many words are completed from the end of the query ("new balance ru")
 MAX_PHRASE_WORDS = 3
@@ -48,53 +52,61 @@ class Suggester:
     and `words` ({folded word: products}, the lexical side's)."""
 
     def __init__(self, values: Mapping[str, Mapping[str, int]], words: Mapping[str, int]) -> None:
-        self._values = _Prefixes(_one_per_text((fold(v), v, group, n) for group, counts in values.items() for v, n in counts.items() if fold(v).strip()))
+        self._values = _Prefixes((fold(v), v, group, n) for group, counts in values.items() for v, n in counts.items() if fold(v).strip())
         self._words = _Prefixes((w, w, WORD, n) for w, n in words.items())
+
+    def __len__(self) -> int:
+        """Values and words it completes to."""
+        return len(self._values.keys) + len(self._words.keys)
+
+    @classmethod
+    def of_index(cls, index: "ProductIndex") -> "Suggester":
+        """Completions from an index: its entity values, and the words of its product text but stop words."""
+        return cls(index.vocabulary(), {word: n for word, n in index.lexical.words.items() if word not in STOPWORDS})
 
     def suggest(self, text: str, k: int = 8) -> list[Suggestion]:
         """Up to k completions of `text` (none once it ends in a space: no word is being typed)."""
         if not text or text[-1].isspace():
             return []
         words = text.split()
-        found: dict[str, Suggestion] = {}
+        typed = key(" ".join(words))
+        found: dict[tuple[str, ...], Suggestion] = {}
         # values completing the last n words, for the longest n that has any: "golden g" -> "golden goose"
         for n in range(min(MAX_PHRASE_WORDS, len(words)), 0, -1):
             head, fragment = _head(words, n), fold(" ".join(words[-n:]))
             values = self._values.starting(fragment)
-            for _, value, group, count in _most_products(values, k + 1):  # one may be what is typed already
-                _add(found, Suggestion(head + value, group, count))
+            _fill(found, k, typed, (Suggestion(head + value, group, count) for _, _, value, group, count in _by_products(values)))
             if values:
                 break
+        # then words: "golden g" -> "golden golden" is no suggestion
         head, before = _head(words, 1), fold(words[-2]) if len(words) > 1 else None
-        # enough words to fill k after those equal to a value found, to the word before or to what is typed are dropped
-        for _, word, kind, count in _most_products(self._words.starting(fold(words[-1])), k + len(found) + 2):
-            if word != before:  # "golden g" -> "golden golden" is no suggestion
-                _add(found, Suggestion(head + word, kind, count))
-        found.pop(fold(" ".join(words)), None)  # what is typed already is no suggestion
-        # values before words, then the most products, then alphabetical
-        return heapq.nsmallest(k, found.values(), key=lambda s: (s.kind == WORD, -s.products, fold(s.text)))
+        _fill(found, k, typed, (Suggestion(head + word, kind, count) for _, _, word, kind, count in _by_products(self._words.starting(fold(words[-1])))
+                                if word != before))
+        return list(found.values())
 
 
-def _one_per_text(entries: Iterable[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
-    """One entry per folded text, the one most products carry ("Black" is a colour and a
-    category: suggested once, as the group that has more of it)."""
-    best: dict[str, tuple[str, str, str, int]] = {}
-    for entry in sorted(entries, key=lambda e: (e[0], -e[3], e[1], e[2])):
-        best.setdefault(entry[0], entry)
-    return list(best.values())
+def _by_products(entries: list[tuple[str, str, str, int]]) -> Iterator[tuple[int, str, str, str, int]]:
+    """Entries, most products first (then by key), as (-products, key, text, kind, products): a heap
+    popped only as far as suggestions are needed, so a one-letter prefix's thousands of words cost
+    one pass, not a suggestion each."""
+    heap = [(-count, folded, text, kind, count) for folded, text, kind, count in entries]
+    heapq.heapify(heap)
+    while heap:
+        yield heapq.heappop(heap)
 
 
-def _most_products(entries: list[tuple[str, str, str, int]], n: int) -> list[tuple[str, str, str, int]]:
-    """The n entries most products carry; ties in key order (heapq.nlargest is stable), so a
-    one-letter prefix's thousands of words cost one pass, not a suggestion each."""
-    return heapq.nlargest(n, entries, key=lambda e: e[3])
+def _fill(found: dict[tuple[str, ...], Suggestion], k: int, typed: tuple[str, ...], suggestions: Iterable[Suggestion]) -> None:
+    """Add suggestions in order until there are k, one per text as search matches it ("red
+    backpack" = "red Backpacks", `text.key`: the first, i.e. a value's, or the most products'),
+    none the same as what is typed."""
+    for suggestion in suggestions:
+        if len(found) >= k:
+            return
+        matched = key(suggestion.text)
+        if matched != typed:
+            found.setdefault(matched, suggestion)
 
 
 def _head(words: list[str], n: int) -> str:
     """The words before the last n, as typed, with a space after them."""
     return " ".join(words[:-n]) + " " if len(words) > n else ""
-
-
-def _add(found: dict[str, Suggestion], suggestion: Suggestion) -> None:
-    """Keep the first suggestion of each text (folded): a value's before the same text as a word."""
-    found.setdefault(fold(suggestion.text), suggestion)
