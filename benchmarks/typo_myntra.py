@@ -121,7 +121,9 @@ def typo_outcome(engine: SearchEngine, typo_: dict, spelled) -> str:
 
 def speller_cost(engine: SearchEngine, sets: dict[str, JudgedQueries]) -> dict:
     """Milliseconds to build the speller (as every engine open does) and to correct a query, beside
-    a whole hybrid search of it (spelling included), side by side on the same queries."""
+    a whole hybrid search of it (spelling included), side by side on the same queries. The engine's
+    speller has corrected these queries in the evaluation already: its unknown words are remembered
+    (`large_vocabulary_cost` times a first ask and a second)."""
     lexical = engine.index.lexical
     started = time.perf_counter()
     Speller(lexical.words, lexical.retriever.vocab_dict)
@@ -149,14 +151,17 @@ def large_vocabulary_cost(queries: JudgedQueries) -> dict:
     started = time.perf_counter()
     speller = Speller(words, {stem(w) for w in words})
     build = 1000 * (time.perf_counter() - started)
+    out = {"words": len(words), "build_ms": round(build, 1)}
     with patch("catalogclip.search.spelling.english_words", lambda: frozenset()):
-        times = []
-        for text in queries.queries.values():
-            started = time.perf_counter()
-            speller.correct(text)
-            times.append(1000 * (time.perf_counter() - started))
-    return {"words": len(words), "build_ms": round(build, 1),
-            **{f"correct ms {q}": round(float(np.percentile(times, p)), 2) for q, p in (("p50", 50), ("p99", 99))}}
+        # the second pass asks the same queries again: a shop's repeated queries, their words remembered
+        for asked in ("first time", "asked again"):
+            times = []
+            for text in queries.queries.values():
+                started = time.perf_counter()
+                speller.correct(text)
+                times.append(1000 * (time.perf_counter() - started))
+            out[asked] = {f"correct ms {q}": round(float(np.percentile(times, p)), 2) for q, p in (("p50", 50), ("p99", 99))}
+    return out
 
 
 def suggest_cost(engine: SearchEngine, queries: JudgedQueries) -> dict:

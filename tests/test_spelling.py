@@ -152,3 +152,14 @@ def test_keys_of_corrected_words_match_the_catalog(index):
     """A corrected word is spelt as the catalog writes it: its key is the catalog's key."""
     spelled = SearchEngine(index, PaletteEncoder()).speller.correct("yelow diesl footwaer")
     assert key(spelled.text) == key("yellow diesel footwear")
+
+
+def test_an_unknown_word_is_looked_up_once(monkeypatch):
+    """Shops' queries repeat: the vocabulary scan for an unknown word runs once per speller."""
+    spell = speller()
+    scans = []
+    nearest = spell.nearest
+    monkeypatch.setattr(spell, "nearest", lambda *args: scans.append(args) or nearest(*args))
+    assert spell.correct("red snekers").text == "red sneakers"
+    assert spell.correct("snekers shoes").text == "sneakers shoes"
+    assert scans == [("snekers", "sneker")]

@@ -30,6 +30,8 @@ from catalogclip.search.text import Token, fold, stem, tokens
 MIN_LETTERS = 4
 #: the shortest part a word is split into
 MIN_PART = 3
+#: unknown words whose correction a speller remembers
+UNKNOWN_WORDS_CACHED = 65_536
 
 
 def max_edits(word: str) -> int:
@@ -76,6 +78,8 @@ class Speller:
             self._word_of_stem.setdefault(stem(word), word)
         self._by_length = _by_length(self.words)
         self._stems_by_length = _by_length(self._word_of_stem)
+        # a shop's queries repeat: each unknown word's scan of the vocabulary is done once
+        self._unknown = lru_cache(maxsize=UNKNOWN_WORDS_CACHED)(self._correct_unknown)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -95,7 +99,10 @@ class Speller:
         word = token.word
         if len(word) < MIN_LETTERS or not word.isalpha() or self.known(token) or word in english_words():
             return None
-        return self.nearest(word, token.text) or self.split(word)
+        return self._unknown(word, token.text)
+
+    def _correct_unknown(self, word: str, word_stem: str) -> str | None:
+        return self.nearest(word, word_stem) or self.split(word)
 
     def known(self, token: Token) -> bool:
         return token.word in self.words or token.text in self.stems
