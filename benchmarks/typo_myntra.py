@@ -24,7 +24,6 @@ import random
 import sys
 import time
 import zlib
-from importlib.resources import files
 from unittest.mock import patch
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from catalogclip.evaluate.qrels import JudgedQueries  # noqa: E402
 from catalogclip.io import atomic_write_json  # noqa: E402
 from catalogclip.search.engine import SearchEngine  # noqa: E402
 from catalogclip.search.lexical import SHOPPING_WORDS, STOPWORDS  # noqa: E402
-from catalogclip.search.spelling import Speller  # noqa: E402
+from catalogclip.search.spelling import Speller, english_frequencies  # noqa: E402
 from catalogclip.search.suggest import Suggester  # noqa: E402
 from catalogclip.search.text import fold, key, stem  # noqa: E402
 from catalogclip.search.tune import save_fusion, tune_fusion  # noqa: E402
@@ -119,8 +118,22 @@ def typo_outcome(engine: SearchEngine, typo_: dict, spelled) -> str:
     return "left as typed"
 
 
+def timed_ms(call, items) -> list[float]:
+    """Milliseconds of `call(item)` for each item."""
+    times = []
+    for item in items:
+        started = time.perf_counter()
+        call(item)
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
+def percentiles(what: str, times: list[float], digits: int = 2) -> dict[str, float]:
+    return {f"{what} ms {q}": round(float(np.percentile(times, p)), digits) for q, p in (("p50", 50), ("p99", 99))}
+
+
 def speller_cost(engine: SearchEngine, sets: dict[str, JudgedQueries]) -> dict:
-    """Milliseconds to build the speller (as every engine open does) and to correct a query, beside
+    """Milliseconds to build the speller (once per engine, at its first text search) and to correct a query, beside
     a whole hybrid search of it (spelling included), side by side on the same queries. The engine's
     speller has corrected these queries in the evaluation already: its unknown words are remembered
     (`large_vocabulary_cost` times a first ask and a second)."""
@@ -129,16 +142,12 @@ def speller_cost(engine: SearchEngine, sets: dict[str, JudgedQueries]) -> dict:
     Speller(lexical.words, lexical.retriever.vocab_dict)
     out: dict = {"build_ms": round(1000 * (time.perf_counter() - started), 1)}
     for name, queries in sets.items():
+        texts = list(queries.queries.values())
         correct, search = [], []
-        for text in queries.queries.values():
-            started = time.perf_counter()
-            engine.speller.correct(text)
-            correct.append(1000 * (time.perf_counter() - started))
-            started = time.perf_counter()
-            engine.search_text(text, 10)
-            search.append(1000 * (time.perf_counter() - started))
-        out[name] = {f"{what} ms {q}": round(float(np.percentile(times, p)), 2)
-                     for what, times in (("correct", correct), ("hybrid search", search)) for q, p in (("p50", 50), ("p99", 99))}
+        for text in texts:  # side by side, query by query
+            correct += timed_ms(engine.speller.correct, [text])
+            search += timed_ms(lambda t: engine.search_text(t, 10), [text])
+        out[name] = {**percentiles("correct", correct), **percentiles("hybrid search", search)}
     return out
 
 
@@ -146,8 +155,7 @@ def large_vocabulary_cost(queries: JudgedQueries) -> dict:
     """The same costs for a speller over a far larger vocabulary than Myntra's titles and labels
     give: the 82,765 words of symspellpy's English list stand in for a catalog with long
     descriptions (nothing is then protected as English: every unknown query word is looked up)."""
-    text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text(encoding="utf-8")
-    words = {fold(w): int(c) for w, c in (line.split(" ") for line in text.splitlines() if line) if w.isalpha()}
+    words = {w: c for w, c in english_frequencies().items() if w.isalpha()}
     started = time.perf_counter()
     speller = Speller(words, {stem(w) for w in words})
     build = 1000 * (time.perf_counter() - started)
@@ -155,12 +163,7 @@ def large_vocabulary_cost(queries: JudgedQueries) -> dict:
     with patch("catalogclip.search.spelling.english_words", lambda: frozenset()):
         # the second pass asks the same queries again: a shop's repeated queries, their words remembered
         for asked in ("first time", "asked again"):
-            times = []
-            for text in queries.queries.values():
-                started = time.perf_counter()
-                speller.correct(text)
-                times.append(1000 * (time.perf_counter() - started))
-            out[asked] = {f"correct ms {q}": round(float(np.percentile(times, p)), 2) for q, p in (("p50", 50), ("p99", 99))}
+            out[asked] = percentiles("correct", timed_ms(speller.correct, queries.queries.values()))
     return out
 
 
@@ -169,20 +172,14 @@ def suggest_cost(engine: SearchEngine, queries: JudgedQueries) -> dict:
     for every prefix of every query, on this index's values and words and over an 82,765-word list."""
     prefixes = [text[:n] for text in queries.queries.values() for n in range(1, len(text) + 1) if not text[:n].endswith(" ")]
     out = {"prefixes": len(prefixes)}
-    text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text(encoding="utf-8")
-    large = {fold(w): int(c) for w, c in (line.split(" ") for line in text.splitlines() if line) if fold(w) not in STOPWORDS}
+    large = {w: c for w, c in english_frequencies().items() if w not in STOPWORDS}
     for name, make in {"this index": lambda: Suggester.of_index(engine.index),
                        "82,765 words": lambda: Suggester(engine.index.vocabulary(), large)}.items():
         started = time.perf_counter()
         suggester = make()
         build = 1000 * (time.perf_counter() - started)
-        times = []
-        for prefix in prefixes:
-            started = time.perf_counter()
-            suggester.suggest(prefix, 8)
-            times.append(1000 * (time.perf_counter() - started))
-        out[name] = {"values and words": len(suggester), "build_ms": round(build, 1),
-                     **{f"suggest ms {q}": round(float(np.percentile(times, p)), 3) for q, p in (("p50", 50), ("p99", 99))}}
+        times = timed_ms(lambda prefix: suggester.suggest(prefix, 8), prefixes)
+        out[name] = {"values and words": len(suggester), "build_ms": round(build, 1), **percentiles("suggest", times, 3)}
     return out
 
 

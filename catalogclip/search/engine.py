@@ -160,7 +160,6 @@ class SearchEngine:
         for group, values in (self.run_vocabs or {}).items():
             vocabs[group] = list(dict.fromkeys(vocabs.get(group, []) + values))
         self.linker = EntityLinker(vocabs)
-        self.speller = Speller(index.lexical.words, index.lexical.retriever.vocab_dict)
 
     def reopened(self) -> "SearchEngine":
         """This engine over its index as committed now: new products, their entity values, fusion."""
@@ -176,6 +175,12 @@ class SearchEngine:
             raise IncompatibleModelError(self.incompatible)
 
     @cached_property
+    def speller(self) -> Speller:
+        """Corrections towards the index's words (built at the first text search: image, category
+        and "similar" searches never need it)."""
+        return Speller(self.index.lexical.words, self.index.lexical.retriever.vocab_dict)
+
+    @cached_property
     def suggester(self) -> Suggester:
         """Completions from the index's entity values and product words (built at the first use)."""
         return Suggester.of_index(self.index)
@@ -183,7 +188,7 @@ class SearchEngine:
     def suggest(self, text: str, k: int = 8) -> dict:
         """Search-as-you-type: up to k completions of the query typed so far."""
         start = time.perf_counter()
-        check_text(text)
+        check_text(text)  # refused as a search would be; the text itself is completed as typed (a trailing space matters)
         suggestions: list[Suggestion] = self.suggester.suggest(text, check_k(k))
         return {"query": text, "suggestions": [s.to_json() for s in suggestions], "took_ms": round(_ms(start), 2)}
 

@@ -270,16 +270,23 @@ class ProductIndex:
         recognises when a run has no vocabs)."""
         if self._vocabulary is None:
             names: dict[str, int] = {}
-            for path, count in self.store.category_counts().items():
+            for path, count in self.category_counts().items():
                 name = path.rsplit(CATEGORY_SEP, 1)[-1]
                 names[name] = names.get(name, 0) + count
             self._vocabulary = {**self.store.text_values(), CATEGORY_FIELD: names}
         return self._vocabulary
 
+    def category_counts(self) -> dict[str, int]:
+        """Every category node's path ("A > B" form) -> how many products lie under it; read once
+        per committed state for the paths, the tree and the vocabulary."""
+        if self._category_counts is None:
+            self._category_counts = self.store.category_counts()
+        return self._category_counts
+
     def category_paths(self) -> list[str]:
         """Every category node's path, "A > B" form."""
         if self._paths is None:
-            self._paths = list(self.store.category_counts())
+            self._paths = list(self.category_counts())
         return self._paths
 
     def set_info(self, **values) -> None:
@@ -299,7 +306,7 @@ class ProductIndex:
 
     def _build_category_tree(self) -> list[dict]:
         root: dict = {"children": {}}
-        for path, count in self.store.category_counts().items():
+        for path, count in self.category_counts().items():
             node = root
             for name in path.split(CATEGORY_SEP):
                 node = node["children"].setdefault(name, {"name": name, "children": {}})
@@ -473,7 +480,8 @@ class ProductIndex:
         self._fields = self.store.fields()
         self._facets: dict | None = None
         self._tree: list[dict] | None = None
-        self._vocabulary: dict[str, list[str]] | None = None
+        self._vocabulary: dict[str, dict[str, int]] | None = None
+        self._category_counts: dict[str, int] | None = None
         self._paths: list[str] | None = None
         self._spellings: dict[str, list[str]] | None = None  # fold(path) -> category paths
         self._max_images = self._count_max_images()

@@ -40,11 +40,17 @@ def max_edits(word: str) -> int:
 
 
 @lru_cache(maxsize=1)
-def english_words() -> frozenset[str]:
-    """The more common half of symspellpy's English frequency dictionary (by count), folded."""
+def english_frequencies() -> dict[str, int]:
+    """symspellpy's English frequency dictionary: word (folded) -> count."""
     text = (files("symspellpy") / "frequency_dictionary_en_82_765.txt").read_text(encoding="utf-8")
-    counted = sorted(((int(count), word) for word, count in (line.split(" ") for line in text.splitlines() if line)), reverse=True)
-    return frozenset(fold(word) for _, word in counted[: len(counted) // 2])
+    return {fold(word): int(count) for word, count in (line.split(" ") for line in text.splitlines() if line)}
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The more common half of the English frequency dictionary (by count)."""
+    counted = sorted(((count, word) for word, count in english_frequencies().items()), reverse=True)
+    return frozenset(word for _, word in counted[: len(counted) // 2])
 
 
 @dataclass(frozen=True)
